@@ -1,0 +1,24 @@
+"""mutualnet: one adaptive ConvNet for many compute budgets (MutualNet, Yang et al.)."""
+
+from .errors import ConfigError, MutualNetError, UnknownModelError
+from .macs import count_macs
+from .models import create_model, list_models, model_options, register_model
+from .nn import SlimmableModel, make_divisible, to_static
+from .space import Config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "MutualNetError",
+    "SlimmableModel",
+    "UnknownModelError",
+    "count_macs",
+    "create_model",
+    "list_models",
+    "make_divisible",
+    "model_options",
+    "register_model",
+    "to_static",
+]

@@ -1,0 +1,16 @@
+"""Exceptions for mistakes a user can fix; the CLI prints them as one line and exits with 2."""
+
+
+class MutualNetError(Exception):
+    """A user mistake: bad option, missing file, unknown model, out-of-range configuration."""
+
+
+class ConfigError(MutualNetError, ValueError):
+    """An option or configuration value that cannot be used."""
+
+
+class UnknownModelError(MutualNetError, KeyError):
+    """A model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

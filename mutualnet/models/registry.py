@@ -1,0 +1,67 @@
+"""The model registry behind ``create_model``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from ..errors import ConfigError, UnknownModelError
+from ..nn.model import SlimmableModel
+
+__all__ = ["register_model", "register_variant", "create_model", "list_models", "model_options"]
+
+_REGISTRY: dict[str, Callable[..., SlimmableModel]] = {}
+
+
+def register_model(fn: Callable[..., SlimmableModel]) -> Callable[..., SlimmableModel]:
+    """Register a factory under its function name."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options a model accepts."""
+    return [p for p in inspect.signature(_factory(name)).parameters]
+
+
+def _factory(name: str) -> Callable[..., SlimmableModel]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available models: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, **kwargs) -> SlimmableModel:
+    """Build a registered slimmable model, e.g. ``create_model('mobilenet_v2', num_classes=10)``."""
+    factory = _factory(name)
+    options = model_options(name)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(options)}"
+        )
+    return factory(**kwargs)
+
+
+def register_variant(name: str, cls: type[SlimmableModel], **fixed) -> None:
+    """Register ``cls`` with some constructor arguments fixed, e.g. a depth."""
+
+    def factory(**kwargs) -> SlimmableModel:
+        return cls(**fixed, **kwargs)
+
+    signature = inspect.signature(cls)
+    factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed]
+    )
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = cls.__doc__
+    register_model(factory)

@@ -1,0 +1,35 @@
+"""The command line: listing, counting, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+from mutualnet.cli import main
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    assert "mobilenet_v2" in capsys.readouterr().out.split()
+
+
+def test_macs_prints_json_lines(capsys):
+    assert main(["macs", "mobilenet_v1", "--widths", "0.25,1.0", "--resolutions", "128,224"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4
+    assert abs(rows[-1]["mmacs"] - 568.74) < 0.1
+
+
+def test_unknown_model_is_one_line_and_exit_code_2():
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "macs", "mobilenet_v9"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown model 'mobilenet_v9'" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_option_is_one_line_and_exit_code_2():
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "macs", "resnet18", "--widths", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,124 @@
+"""Slimmable layers: channel rules, slicing, per-configuration BN statistics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualnet import ConfigError, create_model, make_divisible
+from mutualnet.nn import Dim, SlimBatchNorm2d, SlimConv2d, SlimLinear
+
+
+@pytest.mark.parametrize(
+    "value,expected", [(32, 32), (22.4, 24), (27.2, 32), (8.0, 8), (3, 8), (230.4, 232), (12, 16)]
+)
+def test_make_divisible_rounds_to_eight_and_never_more_than_ten_percent_down(value, expected):
+    assert make_divisible(value) == expected
+
+
+def test_expanded_dim_keeps_its_ratio_exactly():
+    c, t = Dim(24), 6
+    for w in [0.35, 0.5, 0.7, 0.83, 1.0, 1.4]:
+        assert (c * t).at(w) == t * make_divisible(24 * w)
+
+
+def test_unslimmed_dim_never_changes():
+    assert Dim(1280, slim=False).at(0.3) == 1280
+
+
+def test_conv_allocates_weights_at_the_maximum_width_above_one():
+    conv = SlimConv2d(Dim(16), Dim(32), 3, max_width=1.6)
+    assert conv.weight.shape == (make_divisible(32 * 1.6), make_divisible(16 * 1.6), 3, 3)
+
+
+@pytest.mark.parametrize("group_channels", [None, 1, 4])
+def test_conv_at_a_width_equals_a_static_conv_on_the_leading_channels(group_channels):
+    torch.manual_seed(0)
+    out = Dim(32) if group_channels != 1 else Dim(32)
+    conv = SlimConv2d(Dim(32), out, 3, group_channels=group_channels, bias=True)
+    conv.set_width(0.5)
+    x = torch.randn(2, conv.active_in, 9, 9)
+    groups = conv.active_groups
+    expected_groups = {None: 1, 1: 16, 4: 4}[group_channels]
+    assert groups == expected_groups
+    w = conv.weight[: conv.active_out, : conv.weight.shape[1] if group_channels else conv.active_in]
+    ref = F.conv2d(x, w, conv.bias[: conv.active_out], padding=1, groups=groups)
+    torch.testing.assert_close(conv(x), ref)
+    static = conv.to_static()
+    assert type(static) is nn.Conv2d and static.groups == groups
+    torch.testing.assert_close(static(x), ref)
+
+
+def test_linear_slims_inputs_only_when_outputs_are_fixed():
+    lin = SlimLinear(Dim(64), 10)
+    lin.set_width(0.25)
+    assert (lin.active_in, lin.active_out) == (16, 10)
+    assert lin(torch.randn(3, 16)).shape == (3, 10)
+
+
+def test_batchnorm_shares_affine_parameters_across_widths():
+    bn = SlimBatchNorm2d(Dim(32))
+    with torch.no_grad():
+        bn.weight.copy_(torch.arange(32.0))
+    bn.set_width(0.5)
+    static = bn.to_static()
+    torch.testing.assert_close(static.weight, torch.arange(16.0))
+
+
+def test_batchnorm_uses_a_configurations_own_statistics_in_eval():
+    bn = SlimBatchNorm2d(Dim(16)).eval()
+    bn.set_width(0.5, stats_key="w0p5_r32")
+    x = torch.randn(4, 8, 5, 5) * 3 + 2
+    shared = bn(x)
+    bn.calibrated["w0p5_r32"] = (torch.full((8,), 2.0), torch.full((8,), 9.0))
+    own = bn(x)
+    torch.testing.assert_close(own, (x - 2.0) / torch.sqrt(torch.tensor(9.0 + bn.eps)))
+    assert not torch.allclose(shared, own)
+    bn.set_width(0.5, stats_key="w0p5_r24")  # another resolution: back to the shared statistics
+    torch.testing.assert_close(bn(x), shared)
+
+
+def test_batchnorm_updates_shared_statistics_only_at_full_width():
+    bn = SlimBatchNorm2d(Dim(16)).train()
+    bn.set_width(0.5)
+    bn(torch.randn(4, 8, 3, 3) + 5)
+    assert torch.equal(bn.running_mean, torch.zeros(16))
+    bn.set_width(1.0)
+    bn(torch.randn(4, 16, 3, 3) + 5)
+    assert bn.running_mean.mean() > 0.3
+
+
+def test_calibrated_statistics_round_trip_through_the_state_dict():
+    model = create_model("mobilenet_v1", num_classes=4, small_input=True)
+    bns = [m for m in model.modules() if isinstance(m, SlimBatchNorm2d)]
+    for i, bn in enumerate(bns):
+        c = bn.dim.at(0.5)
+        bn.calibrated["w0p5_r32"] = (torch.full((c,), float(i)), torch.full((c,), 1.0 + i))
+    state = model.state_dict()
+    assert "features.0.1.calibrated.w0p5_r32.mean" in state
+    fresh = create_model("mobilenet_v1", num_classes=4, small_input=True)
+    fresh.load_state_dict(state)  # strict: calibrated entries are neither missing nor unexpected
+    fresh_bns = [m for m in fresh.modules() if isinstance(m, SlimBatchNorm2d)]
+    assert torch.equal(fresh_bns[3].calibrated["w0p5_r32"][0], bns[3].calibrated["w0p5_r32"][0])
+
+
+def test_models_hold_their_configuration_without_global_state():
+    a = create_model("mobilenet_v2", num_classes=3, small_input=True)
+    b = create_model("mobilenet_v2", num_classes=3, small_input=True)
+    a.set_config(0.25)
+    b.set_config(1.0)
+    assert a.features[0][0].active_out == 8 and b.features[0][0].active_out == 32
+
+
+def test_width_outside_the_trained_range_is_a_clear_error():
+    model = create_model("mobilenet_v1", width_range=(0.5, 1.0), small_input=True)
+    with pytest.raises(ConfigError, match=r"width 0.3 is outside the trained range \[0.5, 1\]"):
+        model.set_config(0.3)
+
+
+def test_using_restores_the_previous_configuration():
+    model = create_model("resnet18", num_classes=3, small_input=True)
+    model.set_config(0.5, 32)
+    with model.using(0.25):
+        assert model.config.width == 0.25
+    assert model.config.width == 0.5 and model.config.resolution == 32

@@ -1,0 +1,19 @@
+import pytest
+
+from mutualnet import ConfigError, UnknownModelError, create_model
+
+
+def test_unknown_model_names_the_available_ones():
+    with pytest.raises(UnknownModelError, match="available models: .*mobilenet_v1"):
+        create_model("mobilenet_v3")
+
+
+def test_unknown_option_is_rejected_with_the_valid_ones():
+    with pytest.raises(ConfigError, match="has no option 'stem_strid'.*small_input"):
+        create_model("resnet18", stem_strid=1)
+
+
+@pytest.mark.parametrize("width_range", [(0.0, 1.0), (1.0, 0.5), ("a", 1)])
+def test_invalid_width_range_is_rejected(width_range):
+    with pytest.raises(ConfigError, match="width_range"):
+        create_model("mobilenet_v1", width_range=width_range)

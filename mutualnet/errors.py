@@ -14,3 +14,11 @@ class UnknownModelError(MutualNetError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class DataError(MutualNetError):
+    """A dataset that is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(MutualNetError):
+    """A checkpoint or run directory that is missing, corrupt or of another model."""

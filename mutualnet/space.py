@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -26,3 +31,81 @@ class Config:
 
 def _fmt(width: float) -> str:
     return f"{width:.4f}".rstrip("0").rstrip(".").replace(".", "p")
+
+
+@dataclass(frozen=True)
+class Space:
+    """The configurations trained together and the sandwich rule that samples them.
+
+    Each step trains the full configuration (max width, resolution and frames), the smallest
+    width and ``num_random`` uniformly random widths. Every configuration but the full one
+    draws its resolution (and frame count) uniformly from the whole list, as the official
+    code does; ``smallest_at_lowest`` pins the smallest width to the lowest resolution instead.
+    Sampling depends only on ``(seed, step)``, so it is reproducible, identical on every
+    process of a distributed run, and unchanged by a resume.
+    """
+
+    width_range: tuple[float, float]
+    resolutions: tuple[int, ...]
+    frames: tuple[int, ...] | None = None
+    num_random: int = 2
+    smallest_at_lowest: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width_range", tuple(float(w) for w in self.width_range))
+        object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
+        if self.frames is not None:
+            object.__setattr__(self, "frames", tuple(int(t) for t in self.frames))
+
+    @property
+    def full(self) -> Config:
+        return Config(self.width_range[1], max(self.resolutions),
+                      max(self.frames) if self.frames else None)
+
+    @property
+    def smallest(self) -> Config:
+        return Config(self.width_range[0], min(self.resolutions),
+                      min(self.frames) if self.frames else None)
+
+    def sandwich(self, seed: int, step: int) -> list[Config]:
+        """The configurations of one training step; the first is the full (teacher) one."""
+        rng = random.Random(f"mutualnet-sandwich:{seed}:{step}")
+        lo, hi = self.width_range
+        configs = [self.full]
+        if self.full == self.smallest:  # a single configuration: nothing to distil
+            return configs
+        widths = [lo] + [rng.uniform(lo, hi) for _ in range(self.num_random)]
+        for i, width in enumerate(widths):
+            if i == 0 and self.smallest_at_lowest:
+                configs.append(self.smallest)
+                continue
+            resolution = rng.choice(self.resolutions)
+            frames = rng.choice(self.frames) if self.frames else None
+            configs.append(Config(width, resolution, frames))
+        return configs
+
+    def grid(self, width_step: float = 0.05) -> list[Config]:
+        """Widths every ``width_step`` over the range (both ends kept) × resolutions × frames."""
+        lo, hi = self.width_range
+        n = max(0, int(round((hi - lo) / width_step)))
+        widths = sorted({round(lo + i * (hi - lo) / n, 4) for i in range(n + 1)} if n else {lo, hi})
+        frames: tuple[int | None, ...] = self.frames or (None,)
+        return [Config(w, r, t) for w in widths for r in sorted(self.resolutions) for t in frames]
+
+
+def to_config(images: Tensor, config: Config) -> Tensor:
+    """The batch as a configuration sees it: bilinear resize on the device (and, for clips
+    ``[N, C, T, H, W]``, temporal subsampling to ``config.frames`` evenly spaced frames)."""
+    if images.dim() == 5 and config.frames is not None and images.shape[2] != config.frames:
+        t = images.shape[2]
+        index = torch.linspace(0, t - 1, config.frames, device=images.device).round().long()
+        images = images.index_select(2, index)
+    if config.resolution is None or images.shape[-1] == config.resolution == images.shape[-2]:
+        return images
+    size = (config.resolution, config.resolution)
+    if images.dim() == 5:
+        n, c, t, h, w = images.shape
+        flat = images.transpose(1, 2).reshape(n * t, c, h, w)
+        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=True)
+        return out.reshape(n, t, c, *size).transpose(1, 2)
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=True)

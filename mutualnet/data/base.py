@@ -1,0 +1,43 @@
+"""The dataset type of the in-memory formats: uint8 images held in one tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["TensorImageDataset"]
+
+
+class TensorImageDataset(Dataset):
+    """``images``: uint8 ``[N, C, H, W]``; ``labels``: int64 ``[N]``; items are
+    ``(transform(images[i]), int(labels[i]))``.
+
+    Picklable (the tensors travel with it); under ``fork`` workers share the memory.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 transform: Callable[[torch.Tensor], torch.Tensor], name: str = ""):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be [N] with N={images.shape[0]}, got "
+                             f"{tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.targets: list[int] = self.labels.tolist()
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), self.targets[index]
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        return (f"TensorImageDataset({self.name or 'unnamed'}: {n} images {c}x{h}x{w}, "
+                f"transform={self.transform!r})")

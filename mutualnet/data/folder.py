@@ -1,0 +1,132 @@
+"""Image folders in the ImageNet layout: ``root/train/<class>/*`` and ``root/val/<class>/*``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+__all__ = ["ImageFolderDataset", "check_image", "list_classes", "load_image"]
+
+log = logging.getLogger("mutualnet")
+_FIX = "remove it or set data.skip_bad_files: true"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_image(path: str | os.PathLike) -> Any:
+    """Decode ``path`` with Pillow as an RGB image; a :class:`DataError` naming it otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # Pillow raises many types for damaged files
+        raise DataError(f"cannot read image {path} ({_reason(exc)}); {_FIX}") from None
+
+
+def check_image(path: str) -> str | None:
+    """Cheap check (open + verify, no full decode): None when fine, else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:
+        return _reason(exc)
+    return None
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def list_classes(split_dir: Path) -> list[str]:
+    """Sorted names of the (non-hidden) sub-folders of ``split_dir``."""
+    if not split_dir.is_dir():
+        raise DataError(f"image folder {split_dir} does not exist; point --data (data.root) at "
+                        f"a folder holding train/<class>/<images> and val/<class>/<images>")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
+    if not classes:
+        raise DataError(f"{split_dir} has no class sub-folders; expected "
+                        f"{split_dir}/<class>/<images>")
+    return classes
+
+
+def _list_files(class_dir: Path) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
+    return files
+
+
+class ImageFolderDataset(Dataset):
+    """The images of one split (``split_dir/<class>/...``), decoded with Pillow on access.
+
+    ``classes`` fixes the label order (default: the sorted sub-folder names). Every visible file
+    counts as an image; with ``skip_bad_files`` each is checked cheaply here and the unreadable
+    ones are dropped (listed in ``.skipped``, with a warning), otherwise an unreadable file raises
+    :class:`DataError` when its item is loaded.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, transform: Callable[[Any], torch.Tensor], *,
+                 classes: list[str] | None = None, skip_bad_files: bool = False):
+        self.root = Path(split_dir).expanduser()
+        found = list_classes(self.root)
+        if classes is None:
+            classes = found
+        elif found != list(classes):
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            parts = ([f"lacks {', '.join(missing[:5])}"] if missing else []) + \
+                    ([f"has extra {', '.join(extra[:5])}"] if extra else [])
+            raise DataError(f"{self.root} must hold the same class folders as train: it "
+                            f"{' and '.join(parts)}")
+        self.classes = list(classes)
+        samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            files = _list_files(self.root / name)
+            if not files:
+                raise DataError(f"class folder {self.root / name} holds no images; add some "
+                                f"or remove the folder")
+            samples.extend((f, label) for f in files)
+        self.skipped: list[str] = []
+        if skip_bad_files:
+            workers = min(16, 2 * (os.cpu_count() or 1))
+            with ThreadPoolExecutor(workers) as pool:
+                reasons = list(pool.map(check_image, (p for p, _ in samples), chunksize=64))
+            self.skipped = [p for (p, _), r in zip(samples, reasons) if r is not None]
+            if self.skipped:
+                samples = [s for s, r in zip(samples, reasons) if r is None]
+                first = ", ".join(self.skipped[:3])
+                more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+                log.warning("skipped %d unreadable file(s) in %s: %s%s", len(self.skipped),
+                            self.root, first, more)
+        if not samples:
+            raise DataError(f"{self.root} holds no readable images")
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_image(path)), label
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset({self.root}: {len(self.samples)} images, "
+                f"{len(self.classes)} classes, transform={self.transform!r})")

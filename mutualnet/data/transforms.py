@@ -1,0 +1,280 @@
+"""Per-item transforms, written with torch (and Pillow for decoded image files) only.
+
+Two families:
+
+* :class:`TrainTransform` / :class:`EvalTransform` take a ``uint8`` tensor ``[C, H, W]``
+  (the in-memory formats: IDX, CIFAR, synthetic) and never touch PIL, so a 28x28 item costs
+  a few tens of microseconds.
+* :class:`ImageTrainTransform` / :class:`ImageEvalTransform` take a decoded RGB
+  ``PIL.Image`` (image folders), do the geometry with Pillow and finish with the tensor steps.
+
+All randomness comes from torch's global generator, so ``torch.manual_seed`` and the per-worker
+seeding of ``DataLoader`` make augmentation reproducible. Every transform is a plain picklable
+object.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+__all__ = [
+    "EvalTransform",
+    "ImageEvalTransform",
+    "ImageTrainTransform",
+    "TrainTransform",
+    "pil_to_tensor",
+]
+
+AUGMENTS = ("shift", "resized_crop", "none")
+_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def _check_size(image_size: int) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    return image_size
+
+
+class _Normalize:
+    """uint8 ``[C, H, W]`` -> float32 ``(x / 255 - mean) / std``, optionally resized first."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.image_size = _check_size(image_size)
+        if len(mean) != len(std) or not mean:
+            raise ConfigError(f"mean and std must have the same, non-zero length, "
+                              f"got {list(mean)} and {list(std)}")
+        if any(not s > 0 for s in std):
+            raise ConfigError(f"std values must be positive, got {list(std)}")
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        std_t = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        mean_t = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        # (x / 255 - mean) / std == x * scale - bias
+        self._scale = 1.0 / (255.0 * std_t)
+        self._bias = mean_t / std_t
+
+    def _finish(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.to(torch.float32)
+        size = self.image_size
+        if x.shape[-2] != size or x.shape[-1] != size:
+            x = _resize(x, size)
+        return x.mul_(self._scale).sub_(self._bias)
+
+    def _check_channels(self, img: torch.Tensor) -> None:
+        if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != len(self.mean):
+            raise ValueError(f"expected a uint8 [{len(self.mean)}, H, W] image, got "
+                             f"{img.dtype} of shape {tuple(img.shape)}")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of a float ``[C, H, W]`` tensor to ``size x size``."""
+    return F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear",
+                         align_corners=False, antialias=True).squeeze(0)
+
+
+def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate by (dy, dx) pixels, filling with zeros: ``out[y, x] = img[y + dy, x + dx]``.
+
+    The same as padding by ``max|d|`` zeros and cropping back at an offset.
+    """
+    if dy == 0 and dx == 0:
+        return img
+    h, w = img.shape[-2:]
+    out = torch.zeros_like(img)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    sy, ty = (dy, 0) if dy >= 0 else (0, -dy)
+    sx, tx = (dx, 0) if dx >= 0 else (0, -dx)
+    hh, ww = h - abs(dy), w - abs(dx)
+    out[..., ty:ty + hh, tx:tx + ww] = img[..., sy:sy + hh, sx:sx + ww]
+    return out
+
+
+def _resized_crop_box(height: int, width: int, scale: Sequence[float],
+                      ratio: Sequence[float] = _RATIO) -> tuple[int, int, int, int]:
+    """A random crop ``(top, left, h, w)`` covering ``scale`` of the area with aspect in ``ratio``.
+
+    The Inception-style sampling (ten tries, then a centre crop clamped to ``ratio``), drawing
+    from torch's global generator.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    draws = torch.rand(10, 4).tolist()
+    for u_scale, u_ratio, u_top, u_left in draws:
+        target = area * (scale[0] + (scale[1] - scale[0]) * u_scale)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(u_top * (height - h + 1)), height - h)
+            left = min(int(u_left * (width - w + 1)), width - w)
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    h, w = max(1, min(h, height)), max(1, min(w, width))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _check_augment(augment: str, shift: int, crop_scale: Sequence[float]) -> None:
+    if augment not in AUGMENTS:
+        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ConfigError(f"data.shift must be an integer >= 0, got {shift!r}")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]:
+        raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi, "
+                          f"got {list(crop_scale)}")
+
+
+class TrainTransform(_Normalize):
+    """Training augmentation for a ``uint8 [C, H, W]`` tensor; returns normalised float32.
+
+    ``shift``: random translation by up to ``shift`` pixels (zero fill), ``resized_crop``: random
+    resized crop (area ``crop_scale``, aspect 3/4..4/3) to ``image_size``, ``none``: nothing;
+    then a horizontal flip with p=0.5 when ``hflip``, a bilinear antialiased resize to
+    ``image_size`` when the size still differs, and normalisation.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                 augment: str = "shift", shift: int = 2, hflip: bool = True,
+                 crop_scale: Sequence[float] = (0.08, 1.0)):
+        super().__init__(image_size, mean, std)
+        _check_augment(augment, shift, crop_scale)
+        self.augment = augment
+        self.shift = shift
+        self.hflip = bool(hflip)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+
+    def augment_uint8(self, img: torch.Tensor) -> torch.Tensor:
+        """The random geometry alone (uint8 in, uint8 out; may share memory with ``img``)."""
+        if self.augment == "resized_crop":
+            top, left, h, w = _resized_crop_box(img.shape[-2], img.shape[-1], self.crop_scale)
+            img = img[..., top:top + h, left:left + w]
+            if self.hflip and torch.rand(()).item() < 0.5:
+                img = img.flip(-1)
+            return img
+        s = self.shift if self.augment == "shift" else 0
+        if s > 0:
+            # one draw decides dy, dx and the flip coin
+            n = 2 * s + 1
+            r = int(torch.randint(0, n * n * 2, ()).item())
+            flip, r = r & 1, r >> 1
+            img = _shift(img, r // n - s, r % n - s)
+            if self.hflip and flip:
+                img = img.flip(-1)
+            return img
+        if self.hflip and torch.rand(()).item() < 0.5:
+            img = img.flip(-1)
+        return img
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        self._check_channels(img)
+        return self._finish(self.augment_uint8(img))
+
+    def __repr__(self) -> str:
+        return (f"TrainTransform(image_size={self.image_size}, augment={self.augment!r}, "
+                f"shift={self.shift}, hflip={self.hflip}, crop_scale={self.crop_scale}, "
+                f"mean={self.mean}, std={self.std})")
+
+
+class EvalTransform(_Normalize):
+    """Evaluation transform for a ``uint8 [C, H, W]`` tensor: resize to ``image_size`` when the
+    size differs (bilinear, antialiased), then normalise."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        self._check_channels(img)
+        return self._finish(img)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+
+
+def pil_to_tensor(img) -> torch.Tensor:
+    """A PIL image (RGB or L) as a ``uint8 [C, H, W]`` tensor."""
+    arr = np.array(img, dtype=np.uint8, copy=True)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _resize_shorter(img, size: int):
+    """Resize a PIL image so its shorter side is ``size`` (bilinear, antialiased)."""
+    from PIL import Image
+
+    w, h = img.size
+    if (w <= h and w == size) or (h <= w and h == size):
+        return img
+    if w <= h:
+        new_w, new_h = size, max(1, int(size * h / w))
+    else:
+        new_w, new_h = max(1, int(size * w / h)), size
+    return img.resize((new_w, new_h), Image.BILINEAR)
+
+
+def _center_crop(img, size: int):
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+class ImageTrainTransform(TrainTransform):
+    """Training augmentation for a decoded ``PIL.Image`` (image folders).
+
+    ``resized_crop``: random resized crop (area ``crop_scale``, aspect 3/4..4/3) straight to
+    ``image_size`` with one Pillow resize; ``shift`` / ``none``: resize the shorter side to
+    ``image_size`` and centre crop, then shift by up to ``shift`` pixels for ``shift``. Then a
+    random horizontal flip when ``hflip``, and normalisation.
+    """
+
+    def __call__(self, img) -> torch.Tensor:
+        from PIL import Image
+
+        size = self.image_size
+        if self.augment == "resized_crop":
+            width, height = img.size
+            top, left, h, w = _resized_crop_box(height, width, self.crop_scale)
+            img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+            x = pil_to_tensor(img)
+            if self.hflip and torch.rand(()).item() < 0.5:
+                x = x.flip(-1)
+        else:
+            x = self.augment_uint8(pil_to_tensor(_center_crop(_resize_shorter(img, size), size)))
+        self._check_channels(x)
+        return self._finish(x)
+
+    def __repr__(self) -> str:
+        return "Image" + super().__repr__()
+
+
+class ImageEvalTransform(_Normalize):
+    """Evaluation transform for a ``PIL.Image``: resize the shorter side to
+    ``round(image_size / crop_ratio)``, centre crop ``image_size``, normalise."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                 crop_ratio: float = 0.875):
+        super().__init__(image_size, mean, std)
+        if not 0 < crop_ratio <= 1:
+            raise ConfigError(f"data.eval_crop_ratio must be in (0, 1], got {crop_ratio!r}")
+        self.crop_ratio = float(crop_ratio)
+
+    def __call__(self, img) -> torch.Tensor:
+        size = self.image_size
+        resize = max(size, int(round(size / self.crop_ratio)))
+        x = pil_to_tensor(_center_crop(_resize_shorter(img, resize), size))
+        self._check_channels(x)
+        return self._finish(x)
+
+    def __repr__(self) -> str:
+        return (f"ImageEvalTransform(image_size={self.image_size}, crop_ratio={self.crop_ratio}, "
+                f"mean={self.mean}, std={self.std})")

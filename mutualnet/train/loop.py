@@ -1,0 +1,420 @@
+"""The one training engine: every mode and task runs through ``train``.
+
+Per step: the sandwich of configurations (``Space.sandwich``); the full configuration learns
+from the labels, the others from its detached output; gradients of all passes are summed
+and one optimizer step is taken. Everything that decides the trajectory (data order,
+augmentation, sampled configurations, RNG, optimizer) is restored by ``resume``, so an
+interrupted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import __version__
+from ..calibrate import calibrate
+from ..config import RunConfig, config_from_dict, config_to_dict
+from ..errors import ConfigError, MutualNetError
+from ..evaluate import evaluate
+from ..models import create_model
+from ..nn.model import SlimmableModel
+from ..space import Space, to_config
+from ..tasks import ClassificationTask
+from .checkpoint import WEIGHTS, resume_checkpoint, save_checkpoint, save_weights
+from .distributed import Distributed, resolve_device
+from .log import RunLog
+from .optim import build_optimizer, lr_at
+from .order import EpochOrder, SeededItems
+
+__all__ = ["train", "build_space", "build_model", "run_metadata", "TrainingInterrupted",
+           "NonFiniteLoss", "RESUMABLE_KEYS"]
+
+log = logging.getLogger("mutualnet")
+
+CONFIG_FILE = "config.yaml"
+CALIBRATION_BATCHES = 8
+
+# Keys that may differ between a run and its resumption: they do not change the trajectory.
+RESUMABLE_KEYS = {
+    "train.max_steps", "train.device", "train.progress", "train.log_every",
+    "train.checkpoint_every", "train.validate", "data.num_workers", "data.root",
+}
+
+
+class TrainingInterrupted(MutualNetError):
+    """SIGINT or SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+
+class NonFiniteLoss(MutualNetError):
+    """A loss became NaN or infinite; the last checkpoint is left untouched."""
+
+
+@dataclass
+class _Stop:
+    signal: int | None = None
+
+
+def build_space(cfg: RunConfig) -> Space:
+    """The configurations a mode trains: MutualNet's width × resolution (× frames) sandwich,
+    US-Nets' width-only sandwich at the largest resolution, or the full network alone."""
+    s = cfg.space
+    res = tuple(s.resolutions)
+    frames = tuple(s.frames) if s.frames else None
+    mode = cfg.train.mode
+    if mode == "mutualnet":
+        return Space(s.width_range, res, frames, s.num_random, s.smallest_at_lowest)
+    if mode == "usnet":
+        return Space(s.width_range, (max(res),), (max(frames),) if frames else None, s.num_random)
+    if mode == "single":
+        hi = s.width_range[1]
+        return Space((hi, hi), (max(res),), (max(frames),) if frames else None, 0)
+    raise ConfigError(f"train.mode {mode!r} is not supported by this engine yet")
+
+
+def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> SlimmableModel:
+    return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                        width_range=tuple(cfg.space.width_range), **cfg.model.options)
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool) -> None:
+    """Create the run directory and record the resolved config; check it on resume."""
+    import yaml
+
+    config_path = run_dir / CONFIG_FILE
+    if resume:
+        if not config_path.is_file():
+            raise ConfigError(f"cannot resume: {run_dir} holds no run ({CONFIG_FILE} missing); "
+                              f"train without --resume first")
+        saved = config_to_dict(config_from_dict(yaml.safe_load(config_path.read_text())))
+        differ = _differing_keys(saved, config_to_dict(cfg)) - RESUMABLE_KEYS
+        if differ:
+            raise ConfigError(
+                f"cannot resume {run_dir} with a different config ({', '.join(sorted(differ))}); "
+                f"resume with the run's own {CONFIG_FILE} or start a new --out directory"
+            )
+        return
+    if (run_dir / "checkpoint.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it "
+                          f"or choose another --out directory")
+    if is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            from .checkpoint import atomic_write_bytes
+
+            atomic_write_bytes(config_path, yaml.safe_dump(config_to_dict(cfg),
+                                                           sort_keys=False).encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}; "
+                              f"choose a writable --out") from None
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k != "options":
+            keys |= _differing_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=device.type == "cuda", drop_last=False,
+        persistent_workers=False, generator=torch.Generator(),
+        multiprocessing_context="fork" if workers and os.name == "posix" else None,
+    )
+
+
+def run_metadata(cfg: RunConfig, info, space: Space) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "model": cfg.model.name,
+        "options": cfg.model.options,
+        "num_classes": info.num_classes,
+        "in_chans": info.in_chans,
+        "class_names": list(info.class_names),
+        "width_range": list(space.width_range),
+        "resolutions": list(cfg.space.resolutions),
+        "frames": list(cfg.space.frames) if cfg.space.frames else None,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "mode": cfg.train.mode,
+    }
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; returns a summary (steps, time, last validation)."""
+    from ..data import build_datasets
+
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = Distributed.from_env(device.type)
+    try:
+        _prepare_run_dir(run_dir, cfg, resume, dist.is_main)
+        dist.barrier()
+        tc = cfg.train
+        if tc.batch_size % (dist.world_size * tc.accumulate):
+            raise ConfigError(f"train.batch_size {tc.batch_size} must divide evenly over "
+                              f"{dist.world_size} process(es) x {tc.accumulate} micro-batch(es)")
+        space = build_space(cfg)
+        train_ds, val_ds, info = build_datasets(cfg.data, max(cfg.space.resolutions))
+        steps_per_epoch = len(train_ds) // tc.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(f"train.batch_size {tc.batch_size} is larger than the training "
+                              f"set ({len(train_ds)} images); lower --batch-size")
+        total_steps = steps_per_epoch * tc.epochs
+        stop_step = min(total_steps, tc.max_steps) if tc.max_steps else total_steps
+        warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+
+        torch.manual_seed(tc.seed)
+        random.seed(tc.seed)
+        model = build_model(cfg, info.num_classes, info.in_chans).to(device)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, cfg.optim)
+        task = ClassificationTask(cfg.optim.label_smoothing, tc.distill_temperature,
+                                  tc.distill_weight)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+        scaler = torch.amp.GradScaler(device.type) if tc.amp == "fp16" else None
+
+        step = 0
+        if resume:
+            state = resume_checkpoint(run_dir, map_location=device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            step = int(state["step"])
+            log.info("resumed %s at step %d", run_dir, step)
+
+        ddp_model: torch.nn.Module = model
+        if dist.enabled:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+
+        run_log = RunLog(run_dir, enabled=dist.is_main)
+        meta = run_metadata(cfg, info, space)
+
+        def checkpoint() -> None:
+            if dist.is_main:
+                save_checkpoint(run_dir, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": _rng_state(), "step": step, "epoch": step // steps_per_epoch,
+                    "meta": meta,
+                })
+            dist.barrier()
+
+        stop = _Stop()
+        handlers = _install_signal_handlers(stop)
+        local_batch = tc.batch_size // dist.world_size
+        started, last_validation = time.time(), None
+        try:
+            while step < stop_step:
+                epoch, start_batch = divmod(step, steps_per_epoch)
+                order = EpochOrder(len(train_ds), tc.batch_size, tc.seed, epoch, start_batch,
+                                   dist.rank, dist.world_size)
+                loader = _loader(SeededItems(train_ds), order, local_batch, cfg, device)
+                bar = _progress(cfg, dist, epoch, steps_per_epoch, start_batch)
+                tick, tick_step = time.time(), step
+                model.train()
+                for images, labels in loader:
+                    lr = lr_at(step, total_steps, warmup_steps, cfg.optim)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    configs = space.sandwich(tc.seed, step)
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    if tc.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    losses = _train_step(model, ddp_model, images, labels, configs, task,
+                                         optimizer, scaler, amp_dtype, device, dist, step,
+                                         tc.skip_nonfinite, tc.accumulate)
+                    step += 1
+                    if bar is not None or step % tc.log_every == 0 or step == stop_step:
+                        now = time.time()
+                        speed = (step - tick_step) * tc.batch_size / max(now - tick, 1e-9)
+                        if step % tc.log_every == 0 or step == stop_step:
+                            run_log.write({"kind": "train", "step": step, "epoch": epoch,
+                                           "lr": lr, "images_per_s": round(speed, 1), **losses})
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{losses['loss_full']:.3f}", lr=f"{lr:.4f}",
+                                            img_s=f"{speed:.0f}", refresh=False)
+                            bar.update(1)
+                    if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                        checkpoint()
+                    if stop.signal is not None:
+                        checkpoint()
+                        raise TrainingInterrupted(
+                            f"stopped by signal {stop.signal} at step {step}; checkpoint saved, "
+                            f"continue with --resume"
+                        )
+                    if step >= stop_step:
+                        break
+                if bar is not None:
+                    bar.close()
+                del loader
+                epoch_done = step % steps_per_epoch == 0
+                checkpoint()
+                if epoch_done and tc.validate:
+                    last_validation = _validate(model, train_ds, val_ds, space, task, cfg,
+                                                device, dist, step)
+                    if dist.is_main:
+                        run_log.write({"kind": "val", "step": step, "epoch": epoch,
+                                       **last_validation})
+                        log.info("epoch %d: %s", epoch + 1, _format_validation(last_validation))
+        finally:
+            _restore_signal_handlers(handlers)
+            run_log.close()
+        elapsed = time.time() - started
+        if dist.is_main:
+            save_weights(run_dir / WEIGHTS, model.state_dict(), meta)
+        summary = {"run": str(run_dir), "steps": step, "seconds": round(elapsed, 1),
+                   "validation": last_validation}
+        if dist.is_main:
+            run_log.enabled = True
+            run_log.write({"kind": "done", "step": step, "seconds": round(elapsed, 1)})
+        return summary
+    finally:
+        dist.shutdown()
+
+
+def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scaler, amp_dtype,
+                device, dist, step, skip_nonfinite, accumulate) -> dict[str, float]:
+    """One optimizer step over the sandwich; gradients of all passes (and of ``accumulate``
+    micro-batches) are summed and synchronised across processes once."""
+    optimizer.zero_grad(set_to_none=True)
+    chunks = list(zip(images.chunk(accumulate), labels.chunk(accumulate)))
+    losses = torch.zeros(len(configs), device=images.device)
+    for c, (x, y) in enumerate(chunks):
+        teacher = None
+        for i, config in enumerate(configs):
+            model.set_config(config)
+            last = c == len(chunks) - 1 and i == len(configs) - 1
+            sync = contextlib.nullcontext() if (last or not dist.enabled) else ddp_model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = ddp_model(to_config(x, config))
+                if i == 0:
+                    loss = task.label_loss(output, y)
+                    if len(configs) > 1:
+                        teacher = task.teacher_signal(output)
+                else:
+                    loss = task.distill_loss(output, teacher)
+                loss = loss / len(chunks)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            losses[i] += loss.detach()
+    values = losses.float().cpu()
+    model.set_config(configs[0])
+    if not torch.isfinite(values).all():
+        bad = configs[int((~torch.isfinite(values)).nonzero()[0])]
+        message = (f"non-finite loss at step {step} in configuration width={bad.width:.4g} "
+                   f"resolution={bad.resolution}; lower optim.lr or set train.amp=none")
+        if not skip_nonfinite:
+            raise NonFiniteLoss(message + "; the last checkpoint is intact")
+        log.warning("%s; step skipped (train.skip_nonfinite)", message)
+        optimizer.zero_grad(set_to_none=True)
+    elif scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    out = {"loss_full": float(values[0])}
+    if len(values) > 1:
+        out["loss_distill"] = float(values[1:].mean())
+    return out
+
+
+def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, device, dist,
+              step: int) -> dict[str, float]:
+    """Top-1 of the full and smallest configurations after calibrating their BN statistics."""
+    configs = [space.full] if space.full == space.smallest else [space.full, space.smallest]
+    batch = min(cfg.train.batch_size, 256)
+    order = EpochOrder(len(train_ds), batch, cfg.train.seed, -1, 0)
+    calib = []
+    for images, _ in _loader(SeededItems(train_ds), order, batch, cfg, device):
+        calib.append(images.to(device))
+        if len(calib) == CALIBRATION_BATCHES:
+            break
+    calibrate(model, calib, configs)
+    shard = list(range(dist.rank, len(val_ds), dist.world_size))
+    val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=batch,
+                            num_workers=cfg.data.num_workers,
+                            pin_memory=device.type == "cuda")
+    rows = evaluate(model, val_loader, configs, task, device, cfg.train.channels_last,
+                    all_reduce=dist.all_reduce_sum if dist.enabled else None)
+    names = ["full", "smallest"]
+    out: dict[str, float] = {}
+    for name, row in zip(names, rows):
+        for metric in task.metric_names:
+            out[f"{metric}_{name}"] = round(row[metric], 3)
+    return out
+
+
+def _format_validation(v: dict[str, float]) -> str:
+    return ", ".join(f"{k} {val:.2f}%" for k, val in v.items())
+
+
+def _progress(cfg: RunConfig, dist: Distributed, epoch: int, total: int, initial: int):
+    if not (cfg.train.progress and dist.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                unit="step", dynamic_ncols=True, leave=False)
+
+
+def _install_signal_handlers(stop: _Stop) -> dict:
+    previous = {}
+
+    def handler(signum, frame):  # noqa: ANN001
+        stop.signal = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+

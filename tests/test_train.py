@@ -1,0 +1,145 @@
+"""The training engine on tiny synthetic data: learning, exact resume, DDP, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mutualnet.config import load_config
+from mutualnet.train import train
+from mutualnet.train.checkpoint import load_checkpoint, load_weights
+
+TINY = [
+    "model.name=mobilenet_v2",
+    "model.options={block_setting: [[1, 8, 1, 1], [2, 16, 1, 2], [2, 24, 1, 2]], "
+    "last_channels: 64, stem_channels: 8}",
+    "space.width_range=[0.5, 1.0]",
+    "space.resolutions=[16, 12]",
+    "data.format=synthetic",
+    "data.num_workers=0",
+    "optim.lr=0.1",
+    "train.batch_size=32",
+    "train.progress=false",
+    "train.log_every=5",
+]
+
+
+def tiny(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+def tiny_yaml(tmp_path: Path, *extra: str) -> str:
+    import yaml
+
+    from mutualnet.config import config_to_dict
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny(*extra))))
+    return str(path)
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_short_run_learns_and_writes_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny("train.epochs=3"), run)
+    assert summary["steps"] == 3 * (640 // 32)
+    records = read_log(run)
+    losses = [r["loss_full"] for r in records if r["kind"] == "train"]
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    val = [r for r in records if r["kind"] == "val"][-1]
+    assert val["top1_full"] > 50 and val["top1_smallest"] > 30  # 10 classes: chance is 10%
+    for name in ("config.yaml", "checkpoint.pt", "model.safetensors", "log.jsonl"):
+        assert (run / name).is_file()
+    tensors, meta = load_weights(run / "model.safetensors")
+    assert meta["model"] == "mobilenet_v2" and meta["num_classes"] == 10
+    assert any(".calibrated.w0p5_r12." in k for k in tensors)
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ("train.epochs=2", "train.validate=false", "model.options.dropout=0.2")
+    train(tiny(*extra), straight)
+    train(tiny(*extra, "train.max_steps=27"), resumed)
+    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == 27
+    train(tiny(*extra), resumed, resume=True)
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(resumed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 40
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    from mutualnet.errors import ConfigError
+
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=2", "train.validate=false"), run)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train(tiny("optim.lr=0.3", "train.validate=false"), run, resume=True)
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
+    from mutualnet.errors import ConfigError
+
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=1", "train.validate=false"), run)
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny("train.max_steps=1", "train.validate=false"), run)
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_micro_batches_sum_to_the_whole_batch_without_batch_norm_effects(tmp_path):
+    """With accumulate=2 each half-batch is normalised alone, so it is a different (documented)
+    computation from accumulate=1; both must train and stay finite."""
+    run = tmp_path / "acc"
+    summary = train(tiny("train.max_steps=4", "train.accumulate=2", "train.validate=false"), run)
+    assert summary["steps"] == 4
+
+
+def _torchrun(args: list[str], env_extra: dict) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mutualnet", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Two gloo processes with 16 images each equal one process with the 32-image batch split
+    into two micro-batches (BN normalises per 16 images in both). Weights must agree to 1e-4
+    (only the order of float sums differs); BN running statistics are not compared, as one
+    process updates them per micro-batch and DDP keeps rank 0's."""
+    recipe = tiny_yaml(tmp_path, "train.max_steps=6", "train.validate=false")
+    ddp = tmp_path / "ddp"
+    proc = _torchrun(["train", recipe, "--out", str(ddp), "--device", "cpu"], {})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = tmp_path / "single"
+    train(tiny("train.max_steps=6", "train.validate=false", "train.accumulate=2"), single)
+    a = load_checkpoint(ddp / "checkpoint.pt")["model"]
+    b = load_checkpoint(single / "checkpoint.pt")["model"]
+    weights = [k for k in a if "running_" not in k and "num_batches" not in k]
+    assert len(weights) > 20
+    worst = max((a[k] - b[k]).abs().max().item() for k in weights)
+    assert worst < 1e-4
+
+
+def test_cli_train_runs_and_reports(tmp_path):
+    recipe = tiny_yaml(tmp_path, "train.validate=false")
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "train", recipe, "--out",
+                           str(tmp_path / "r"), "--max-steps", "3"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_cli_train_with_a_missing_recipe_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "train", str(tmp_path / "x.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr

@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean fashion-mnist
 
 install: $(STAMP)
 
@@ -22,11 +22,28 @@ $(STAMP): $(PY) pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Until the training engine lands this is a smoke check: it lists the model zoo and prints
-# the MACs of MobileNetV2 over a width x resolution grid.
-demo: $(STAMP)
-	$(VENV)/bin/mutualnet models
-	$(VENV)/bin/mutualnet macs mobilenet_v2 --widths 0.35,0.7,1.0 --resolutions 128,160,224
+# The main job end to end on the embedded Fashion-MNIST default: train, calibrate every
+# configuration, evaluate the grid with measured latency, print the query table and write
+# the plot. The demo run directory is recreated each time.
+DEMO_RUN ?= runs/demo
+
+demo: $(STAMP) fashion-mnist
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/mutualnet train configs/fashion_mnist.yaml --out $(DEMO_RUN)
+	$(VENV)/bin/mutualnet evaluate $(DEMO_RUN) --latency
+	@echo "query table: $(DEMO_RUN)/query_table.md   plot: $(DEMO_RUN)/pareto.png"
+
+# Debian's dataset-fashion-mnist when apt-get can install it; otherwise mutualnet downloads
+# the files from the dataset's canonical URLs (checked against known SHA-256 sums).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+fashion-mnist:
+	@test -f $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; fi; \
+	  test -f $(FASHION_MNIST) && echo "installed dataset-fashion-mnist" || \
+	    echo "dataset-fashion-mnist not installable here; mutualnet will download Fashion-MNIST"; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

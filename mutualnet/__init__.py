@@ -1,14 +1,16 @@
 """mutualnet: one adaptive ConvNet for many compute budgets (MutualNet, Yang et al.)."""
 
+__version__ = "0.1.0"
+
+from .adaptive import AdaptiveModel
 from .errors import ConfigError, MutualNetError, UnknownModelError
 from .macs import count_macs
 from .models import create_model, list_models, model_options, register_model
 from .nn import SlimmableModel, make_divisible, to_static
 from .space import Config
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "AdaptiveModel",
     "Config",
     "ConfigError",
     "MutualNetError",

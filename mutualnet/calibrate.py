@@ -57,3 +57,45 @@ def calibrate(
             m.training = mode
         model.set_config(previous)
     return configs
+
+
+def calibration_batches(
+    train_set, count: int, batch_size: int, seed: int, num_workers: int, device: torch.device
+) -> list[Tensor]:
+    """``count`` training batches at the largest resolution, decoded once, in a fixed order."""
+    from torch.utils.data import DataLoader
+
+    from .train.order import EpochOrder, SeededItems
+
+    if count < 1:
+        raise ConfigError(f"calibration needs at least one batch, got {count}")
+    batch_size = min(batch_size, len(train_set))
+    order = EpochOrder(len(train_set), batch_size, seed, -1, 0)
+    loader = DataLoader(SeededItems(train_set), batch_size=batch_size, sampler=order,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
+    batches = []
+    for images, _ in loader:
+        batches.append(images.to(device, non_blocking=True))
+        if len(batches) == count:
+            break
+    return batches
+
+
+def calibrate_run(
+    run, configs: Sequence[Config], batches: int = 16, batch_size: int | None = None,
+    progress: bool = True,
+) -> list[Config]:
+    """Calibrate ``configs`` of a run and save their statistics with its weights."""
+    from .data import build_datasets
+
+    configs = [run.check_config(c) for c in configs]
+    cfg = run.config
+    train_set, _, _ = build_datasets(cfg.data, max(cfg.space.resolutions))
+    data = calibration_batches(train_set, batches, batch_size or min(cfg.train.batch_size, 256),
+                               cfg.train.seed, cfg.data.num_workers, run.device)
+    calibrate(run.model, data, configs, progress=progress)
+    run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
+    run.meta.pop("needs_calibration", None)
+    run.save()
+    return configs

@@ -81,6 +81,72 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(run, args: argparse.Namespace):
+    """The configurations a command works on: the run's grid, or the product of the lists."""
+    from .space import Config
+
+    space = run.space
+    grid = space.grid(args.width_step)
+    widths = args.widths or sorted({c.width for c in grid})
+    resolutions = args.resolutions or sorted(space.resolutions)
+    frames = getattr(args, "frames", None) or (list(space.frames) if space.frames else [None])
+    return [run.check_config(Config(w, r, t)) for w in widths for r in resolutions for t in frames]
+
+
+def _open_run(args: argparse.Namespace):
+    from .run import load_run
+    from .train.distributed import resolve_device
+
+    run = load_run(args.run, resolve_device(args.device))
+    if getattr(args, "data", None):
+        run.config.data.root = args.data
+    return run
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_run
+
+    run = _open_run(args)
+    configs = calibrate_run(run, _grid(run, args), batches=args.batches,
+                            batch_size=args.batch_size, progress=True)
+    print(json.dumps({"run": str(run.path), "calibrated": len(configs),
+                      "batches": args.batches}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    run = _open_run(args)
+    rows = evaluate_run(run, _grid(run, args), latency=args.latency,
+                        batch_size=args.batch_size, latency_batch=args.latency_batch,
+                        calibration_batches=args.batches)
+    print((run.path / "query_table.md").read_text(), end="")
+    print(json.dumps({"run": str(run.path), "configurations": len(rows),
+                      "grid": str(run.path / "grid.json")}))
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .select import read_grid, select
+
+    row = select(read_grid(args.run), max_mmacs=args.max_mmacs,
+                 max_latency_ms=args.max_latency_ms)
+    print(json.dumps(row))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    from .space import Config
+
+    run = _open_run(args)
+    info = export_run(run, Config(args.width, args.resolution, args.frames), args.format,
+                      args.output, fold_bn=not args.no_fold_bn)
+    print(json.dumps(info))
+    return 0
+
+
 def _default_run_dir(config: str) -> str:
     from pathlib import Path
 
@@ -105,6 +171,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     p.set_defaults(func=_cmd_train)
+
+    def grid_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", help="run directory")
+        p.add_argument("--widths", type=_parse_floats, help="e.g. 0.35,0.5,1.0 (default: the "
+                       "trained range every --width-step)")
+        p.add_argument("--resolutions", type=_parse_ints, help="default: the trained list")
+        p.add_argument("--frames", type=_parse_ints, help="frame counts (video models)")
+        p.add_argument("--width-step", type=float, default=0.05)
+        p.add_argument("--batches", type=int, default=16,
+                       help="training batches for BN calibration")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--data", help="dataset location, if it moved since training")
+
+    p = sub.add_parser("calibrate", help="recompute BN statistics for each configuration")
+    grid_options(p)
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("evaluate", help="evaluate the grid; write grid.json, grid.csv, "
+                       "query_table.md, pareto.png")
+    grid_options(p)
+    p.add_argument("--latency", action="store_true", help="measure latency on this device")
+    p.add_argument("--latency-batch", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("select", help="the most accurate configuration within a budget (JSON)")
+    p.add_argument("run", help="run directory")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-mmacs", type=float)
+    budget.add_argument("--max-latency-ms", type=float)
+    p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("export", help="write one configuration as a static network")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--width", type=float, required=True)
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BN layers separate")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", help="dataset location, if it moved since training")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)
@@ -134,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except MutualNetError as exc:
+        signum = getattr(exc, "signum", None)
+        if signum is not None:  # an interrupted training run: saved, not a mistake
+            print(f"stopped: {_one_line(exc)}", file=sys.stderr)
+            return 128 + signum
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

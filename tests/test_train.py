@@ -143,3 +143,55 @@ def test_cli_train_with_a_missing_recipe_is_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
+
+
+def _format_data(kind: str, root: Path) -> list[str]:
+    """A tiny dataset on disk in one of the supported formats, and the keys that select it."""
+    from test_data import make_image_folder, tiny_idx_arrays, write_idx_folder, write_cifar10
+
+    if kind == "idx":
+        write_idx_folder(root, tiny_idx_arrays(n_train=48, n_val=16, h=12, w=12, classes=3),
+                         gz=True)
+        return ["data.format=idx", f"data.root={root}"]
+    if kind == "cifar10":
+        write_cifar10(root)
+        return ["data.format=cifar10", f"data.root={root}"]
+    make_image_folder(root, classes=("a", "b", "c"), per_class=6)
+    return ["data.format=image_folder", f"data.root={root}", "data.augment=resized_crop"]
+
+
+@pytest.mark.parametrize("kind", ["idx", "cifar10", "image_folder"])
+def test_training_runs_on_every_on_disk_format(tmp_path, kind):
+    keys = _format_data(kind, tmp_path / "data")
+    summary = train(tiny(*keys, "train.batch_size=8", "train.epochs=1"), tmp_path / "run")
+    assert summary["steps"] >= 1 and summary["validation"] is not None
+
+
+@pytest.mark.parametrize("extra", [["train.amp=bf16"], ["train.channels_last=true"]])
+def test_mixed_precision_and_channels_last_train(tmp_path, extra):
+    summary = train(tiny("train.max_steps=4", "train.validate=false", *extra), tmp_path / "r")
+    assert summary["steps"] == 4
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    recipe = tiny_yaml(tmp_path, "train.epochs=50", "train.validate=false")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mutualnet", "train", recipe, "--out",
+                             str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.jsonl").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint saved" in err and len(err.strip().splitlines()) == 1
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert step >= 5
+    summary = train(tiny("train.epochs=50", "train.validate=false", f"train.max_steps={step + 2}"),
+                    run, resume=True)
+    assert summary["steps"] == step + 2

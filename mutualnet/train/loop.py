@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..calibrate import calibrate
+from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import ConfigError, MutualNetError
 from ..evaluate import evaluate
@@ -54,6 +54,10 @@ RESUMABLE_KEYS = {
 
 class TrainingInterrupted(MutualNetError):
     """SIGINT or SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class NonFiniteLoss(MutualNetError):
@@ -282,9 +286,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                     if stop.signal is not None:
                         checkpoint()
                         raise TrainingInterrupted(
-                            f"stopped by signal {stop.signal} at step {step}; checkpoint saved, "
-                            f"continue with --resume"
-                        )
+                            f"stopped by {signal.Signals(stop.signal).name} at step {step}; "
+                            f"checkpoint saved, continue with --resume", stop.signal)
                     if step >= stop_step:
                         break
                 if bar is not None:
@@ -366,12 +369,8 @@ def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, devic
     """Top-1 of the full and smallest configurations after calibrating their BN statistics."""
     configs = [space.full] if space.full == space.smallest else [space.full, space.smallest]
     batch = min(cfg.train.batch_size, 256)
-    order = EpochOrder(len(train_ds), batch, cfg.train.seed, -1, 0)
-    calib = []
-    for images, _ in _loader(SeededItems(train_ds), order, batch, cfg, device):
-        calib.append(images.to(device))
-        if len(calib) == CALIBRATION_BATCHES:
-            break
+    calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,
+                                cfg.data.num_workers, device)
     calibrate(model, calib, configs)
     shard = list(range(dist.rank, len(val_ds), dist.world_size))
     val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=batch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 __all__ = ["EpochOrder", "SeededItems"]
 
@@ -62,6 +62,13 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        generator = torch.default_generator
+        if get_worker_info() is not None:  # a loader worker: its RNG state is its own
+            generator.manual_seed(seed)
             return self.dataset[index]
+        state = generator.get_state()
+        try:
+            generator.manual_seed(seed)
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)

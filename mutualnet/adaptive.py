@@ -1,0 +1,68 @@
+"""Runtime switching: one loaded run serving any compute budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .select import read_grid, select
+from .space import Config, to_config
+
+__all__ = ["AdaptiveModel"]
+
+
+class AdaptiveModel(nn.Module):
+    """A trained run that picks its configuration from the query table.
+
+    >>> m = AdaptiveModel.load("runs/fashion_mnist")
+    >>> m.set_budget(mmacs=1.0)      # or latency_ms=...
+    >>> logits = m(images)           # images at any size; resized to the configuration
+    """
+
+    def __init__(self, run, grid: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.run = run
+        self.model = run.model
+        self.grid = grid
+        self.active: dict[str, Any] | None = None
+        self.use(Config(run.model.max_width, max(run.config.space.resolutions)))
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "AdaptiveModel":
+        from .run import load_run
+
+        run = load_run(run_dir, device)
+        grid = read_grid(run.path) if (Path(run_dir) / "grid.json").is_file() else None
+        return cls(run, grid).eval()
+
+    @property
+    def config(self) -> Config:
+        return self.model.config
+
+    def use(self, config: Config) -> Config:
+        """Switch to an explicit configuration (its calibrated statistics when it has them)."""
+        config = self.run.check_config(config)
+        return self.model.set_config(config)
+
+    def set_budget(self, mmacs: float | None = None, latency_ms: float | None = None
+                   ) -> dict[str, Any]:
+        """Switch to the most accurate configuration of the query table within the budget."""
+        if self.grid is None:
+            raise ConfigError(f"{self.run.path} has no query table; run "
+                              f"`mutualnet evaluate {self.run.path}` first")
+        row = select(self.grid, max_mmacs=mmacs, max_latency_ms=latency_ms)
+        config = Config(row["width"], row["resolution"], row.get("frames"))
+        if not self.run.is_calibrated(config):
+            raise ConfigError(f"configuration {config.key} has no calibrated statistics; run "
+                              f"`mutualnet calibrate {self.run.path}`")
+        self.use(config)
+        self.active = row
+        return row
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(to_config(images.to(self.run.device), self.model.config))

@@ -1,0 +1,136 @@
+"""Export one configuration as a static network: ONNX, TorchScript or safetensors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, MutualNetError
+from .models import create_model
+from .space import Config
+from .train.checkpoint import atomic_write_bytes
+
+__all__ = ["FORMATS", "export_run", "fold_batchnorm", "load_exported", "verify_onnx"]
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+ONNX_TOLERANCE = 1e-4
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution in a Sequential into it."""
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) \
+                    and bn.running_mean is not None:
+                module._modules[a] = _fused(conv, bn)
+                module._modules[b] = nn.Identity()
+    return module
+
+
+@torch.no_grad()
+def _fused(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      padding_mode=conv.padding_mode, device=conv.weight.device)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def verify_onnx(path: Path, module: nn.Module, example: torch.Tensor) -> float:
+    """Max abs difference between onnxruntime and torch on ``example``; raises past 1e-4."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = torch.from_numpy(session.run(None, {name: example.cpu().numpy()})[0])
+    with torch.no_grad():
+        want = module(example).cpu()
+    diff = float((got - want).abs().max())
+    if not diff <= ONNX_TOLERANCE:
+        raise MutualNetError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
+    return diff
+
+
+def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = True) -> dict:
+    """Write the static sub-network of ``config`` (with its calibrated statistics) to ``out``."""
+    from .calibrate import calibrate_run
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    config = run.check_config(config)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
+    if run.meta.get("needs_calibration"):
+        raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
+                          f"run `mutualnet calibrate {run.path}` first")
+    if not run.is_calibrated(config):
+        calibrate_run(run, [config], progress=False)
+    model = run.model
+    static = model.subnet(config.width, config.resolution).cpu().eval()
+    frames = (config.frames,) if config.frames else ()
+    example = torch.randn(2, model.in_chans, *frames, config.resolution, config.resolution)
+    info: dict[str, Any] = {
+        "format": fmt, "file": str(out), "width": config.width, "resolution": config.resolution,
+        "model": run.meta["model"], "num_classes": run.meta["num_classes"],
+    }
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        meta = {**{k: run.meta[k] for k in ("model", "options", "num_classes", "in_chans",
+                                               "mean", "std", "class_names") if k in run.meta},
+                "width": config.width, "resolution": config.resolution, "frames": config.frames}
+        tensors = {k: v.contiguous() for k, v in static.state_dict().items()}
+        atomic_write_bytes(out, save(tensors, metadata={"mutualnet_static": json.dumps(meta)}))
+        return info
+    if fold_bn:
+        static = fold_batchnorm(static)
+    if fmt == "torchscript":
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(static), buffer)
+        atomic_write_bytes(out, buffer.getvalue())
+        return info
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        torch.onnx.export(static, (example,), str(tmp_path), input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"},
+                                                                 "logits": {0: "batch"}},
+                          dynamo=False)
+        info["max_abs_diff_vs_torch"] = verify_onnx(tmp_path, static, example)
+        atomic_write_bytes(out, tmp_path.read_bytes())
+    return info
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Rebuild a static network from a safetensors export (no code is loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["mutualnet_static"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except Exception:
+        raise ConfigError(f"{path} is not a mutualnet safetensors export") from None
+    width = meta["width"]
+    model = create_model(meta["model"], num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], width_range=(width, width),
+                         **meta.get("options", {}))
+    static = model.subnet(width).eval()
+    static.load_state_dict(tensors)
+    return static

@@ -1,0 +1,106 @@
+"""A run directory: its recipe, its weights (with calibrated BN statistics) and its results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, config_from_dict
+from .errors import CheckpointError, ConfigError, MutualNetError
+from .models import create_model
+from .nn.model import SlimmableModel
+from .space import Config, Space
+from .train.checkpoint import CHECKPOINT, WEIGHTS, load_checkpoint, load_weights, save_weights
+
+__all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TABLE", "PARETO_PNG"]
+
+CONFIG_FILE = "config.yaml"
+GRID_JSON = "grid.json"
+GRID_CSV = "grid.csv"
+QUERY_TABLE = "query_table.md"
+PARETO_PNG = "pareto.png"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: RunConfig
+    meta: dict[str, Any]
+    model: SlimmableModel
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def space(self) -> Space:
+        s = self.config.space
+        return Space(tuple(self.meta["width_range"]), tuple(s.resolutions),
+                     tuple(s.frames) if s.frames else None, s.num_random, s.smallest_at_lowest)
+
+    def calibrated_keys(self) -> set[str]:
+        from .nn.layers import _SlimBatchNormNd
+
+        bns = [m for m in self.model.modules() if isinstance(m, _SlimBatchNormNd)]
+        if not bns:
+            return set()
+        return set.intersection(*(set(bn.calibrated) for bn in bns))
+
+    def is_calibrated(self, config: Config) -> bool:
+        return config.key in self.calibrated_keys()
+
+    def check_config(self, config: Config) -> Config:
+        """Validate a configuration against what the model can run."""
+        self.model.check_width(config.width)
+        if config.resolution is None or config.resolution < 8:
+            raise ConfigError(f"resolution must be at least 8 pixels, got {config.resolution}")
+        if self.config.space.frames and config.frames is None:
+            config = Config(config.width, config.resolution, max(self.config.space.frames))
+        return config
+
+    def save(self) -> None:
+        """Write the weights and calibrated statistics back (atomically)."""
+        save_weights(self.path / WEIGHTS, self.model.state_dict(), self.meta)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Open a run directory written by ``mutualnet train`` (or ``convert-official``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {path} does not exist; give the --out of a "
+                              f"finished `mutualnet train`")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
+    try:
+        config = config_from_dict(yaml.safe_load(config_path.read_text()) or {})
+    except MutualNetError as exc:
+        raise CheckpointError(f"{config_path} is invalid: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise CheckpointError(f"{config_path} is corrupt (not YAML); restore it or retrain")
+    if (path / WEIGHTS).is_file():
+        state, meta = load_weights(path / WEIGHTS)
+    elif (path / CHECKPOINT).is_file():
+        checkpoint = load_checkpoint(path / CHECKPOINT)
+        state, meta = checkpoint["model"], checkpoint.get("meta") or {}
+    else:
+        raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
+                              f"train it first")
+    if "model" not in meta:
+        raise CheckpointError(f"weights in {path} carry no model description; retrain or "
+                              f"convert them again")
+    device = torch.device(device)
+    model = create_model(meta["model"], num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], width_range=tuple(meta["width_range"]),
+                         **meta.get("options", {}))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(f"weights in {path} do not fit model {meta['model']} "
+                              f"({detail[:200]})") from None
+    model.to(device).eval()
+    return Run(path, config, meta, model, device)

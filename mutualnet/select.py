@@ -1,0 +1,152 @@
+"""The query table: Pareto front of accuracy against cost, budget selection, table and plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MutualNetError
+from .train.checkpoint import atomic_write_bytes
+
+__all__ = ["metric_of", "pareto_front", "select", "read_grid", "write_results"]
+
+METRICS = ("top1", "map", "miou")
+
+
+def metric_of(rows: list[dict[str, Any]]) -> str:
+    """The task's main metric present in the grid rows."""
+    for name in METRICS:
+        if rows and name in rows[0]:
+            return name
+    raise MutualNetError("the grid has no accuracy column (top1, map or miou)")
+
+
+def pareto_front(rows: list[dict[str, Any]], cost: str = "mmacs",
+                 metric: str | None = None) -> list[dict[str, Any]]:
+    """Rows that no cheaper row matches or beats, cheapest first."""
+    metric = metric or metric_of(rows)
+    front, best = [], float("-inf")
+    for row in sorted(rows, key=lambda r: (r[cost], -r[metric])):
+        if row[metric] > best:
+            front.append(row)
+            best = row[metric]
+    return front
+
+
+def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
+           max_latency_ms: float | None = None) -> dict[str, Any]:
+    """The most accurate configuration within the budget (the cheaper one on a tie)."""
+    if (max_mmacs is None) == (max_latency_ms is None):
+        raise ConfigError("give exactly one budget: --max-mmacs or --max-latency-ms")
+    cost, budget = ("mmacs", max_mmacs) if max_mmacs is not None else (
+        "latency_ms", max_latency_ms)
+    if not budget > 0:
+        raise ConfigError(f"the budget must be a positive number, got {budget:g}")
+    if cost == "latency_ms" and not all("latency_ms" in r for r in rows):
+        raise ConfigError("the grid has no latency; run `mutualnet evaluate RUN --latency` first")
+    metric = metric_of(rows)
+    fits = [r for r in rows if r[cost] <= budget]
+    if not fits:
+        cheapest = min(r[cost] for r in rows)
+        unit = "MMACs" if cost == "mmacs" else "ms"
+        raise ConfigError(f"no configuration fits {budget:g} {unit}; the cheapest needs "
+                          f"{cheapest:g} {unit}")
+    return max(fits, key=lambda r: (r[metric], -r[cost]))
+
+
+def read_grid(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "grid.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no grid.json; run `mutualnet evaluate {run_dir}` first")
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is corrupt; run `mutualnet evaluate {run_dir}` again") from None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{path} holds no configurations; run `mutualnet evaluate` again")
+    return rows
+
+
+def _label(row: dict[str, Any]) -> str:
+    """The paper's notation, width-resolution, e.g. 0.75-160."""
+    width = f"{row['width']:.3f}".rstrip("0")
+    label = f"{width}0-{row['resolution']}" if width.endswith(".") else \
+        f"{width}-{row['resolution']}"
+    return f"{label}-{row['frames']}f" if row.get("frames") else label
+
+
+def _query_table(rows: list[dict[str, Any]], device: str) -> str:
+    metric = metric_of(rows)
+    lines = [
+        "# Query table",
+        "",
+        f"The most accurate configuration (width-resolution) for each budget: the Pareto front "
+        f"of {len(rows)} evaluated configurations by {metric} against MACs.",
+        "",
+    ]
+    has_latency = "latency_ms" in rows[0]
+    head = ["MMACs", "config", metric] + (["latency ms (batch 1)"] if has_latency else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in sorted(pareto_front(rows, "mmacs", metric), key=lambda r: -r["mmacs"]):
+        cells = [f"{row['mmacs']:.2f}", _label(row), f"{row[metric]:.2f}"]
+        if has_latency:
+            cells.append(f"{row['latency_ms']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if has_latency:
+        lines += ["", f"## By measured latency ({device})", "",
+                  f"| latency ms (batch 1) | config | {metric} | MMACs |", "|---|---|---|---|"]
+        for row in sorted(pareto_front(rows, "latency_ms", metric), key=lambda r: -r["latency_ms"]):
+            lines.append(f"| {row['latency_ms']:.3f} | {_label(row)} | {row[metric]:.2f} | "
+                         f"{row['mmacs']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric_of(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    resolutions = sorted({r["resolution"] for r in rows}, reverse=True)
+    for res in resolutions:
+        pts = [r for r in rows if r["resolution"] == res]
+        ax.scatter([r["mmacs"] for r in pts], [r[metric] for r in pts], s=14, alpha=0.6,
+                   label=f"{res} px")
+    front = pareto_front(rows, "mmacs", metric)
+    ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
+            marker="o", ms=4, label="query table (Pareto front)")
+    ax.set_xscale("log")
+    ax.set_xlabel("MMACs (log scale)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy against compute of every configuration")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu") -> None:
+    """grid.json, grid.csv, query_table.md and pareto.png of a run."""
+    run_dir = Path(run_dir)
+    atomic_write_bytes(run_dir / "grid.json", (json.dumps(rows, indent=1) + "\n").encode())
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(run_dir / "grid.csv", text.getvalue().encode())
+    atomic_write_bytes(run_dir / "query_table.md", _query_table(rows, device).encode())
+    _plot(rows, run_dir / "pareto.png")

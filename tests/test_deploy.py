@@ -1,0 +1,196 @@
+"""From a trained run to a deployed configuration: calibration, grid, query table, export."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mutualnet import AdaptiveModel
+from mutualnet.calibrate import calibrate, calibration_batches
+from mutualnet.errors import ConfigError
+from mutualnet.export import fold_batchnorm, load_exported
+from mutualnet.run import load_run
+from mutualnet.select import pareto_front, read_grid, select
+from mutualnet.space import Config
+from mutualnet.train import train
+
+from test_train import tiny
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("deploy") / "run"
+    train(tiny("train.epochs=2", "train.validate=false"), run)
+    return run
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mutualnet", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_calibration_is_a_cumulative_average_that_leaves_the_model_as_it_was(run_dir):
+    run = load_run(run_dir)
+    model = run.model
+    model.train()
+    model.set_config(0.75, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    calibrate(model, batches, [Config(0.6, 12)])
+    assert model.training and model.config == Config(0.75, 16)
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    # the stem's statistics are the mean over all images of the three batches
+    stem_bn = model.features[0][1]
+    mean, var = stem_bn.calibrated[Config(0.6, 12).key]
+    with torch.no_grad():
+        model.set_config(0.6, 12)
+        conv = model.features[0][0]
+        feats = [conv(torch.nn.functional.interpolate(b, size=(12, 12), mode="bilinear",
+                                                      align_corners=True)) for b in batches]
+    expected = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_switching_between_calibrated_configurations_needs_no_recalibration(run_dir):
+    run = load_run(run_dir)
+    model = run.model.eval()
+    batches = calibration_batches(*_train_set(run), 4, 32, 0, 0, torch.device("cpu"))
+    a, b = Config(0.5, 12), Config(1.0, 16)
+    calibrate(model, batches, [a, b])
+    x = torch.randn(4, 3, 16, 16)
+    model.set_config(a)
+    ya = model(torch.nn.functional.interpolate(x, size=(12, 12)))
+    model.set_config(b)
+    model(x)
+    model.set_config(a)
+    torch.testing.assert_close(model(torch.nn.functional.interpolate(x, size=(12, 12))), ya)
+
+
+def _train_set(run):
+    from mutualnet.data import build_datasets
+
+    return (build_datasets(run.config.data, 16)[0],)
+
+
+def test_evaluate_writes_the_grid_table_and_plot(run_dir):
+    proc = cli("evaluate", run_dir, "--latency", "--width-step", "0.25", "--latency-batch", "4")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_grid(run_dir)
+    assert len(rows) == 3 * 2  # widths 0.5, 0.75, 1.0 x resolutions 12, 16
+    for row in rows:
+        assert {"width", "resolution", "mmacs", "params_m", "top1", "top5", "latency_ms",
+                "latency_ms_b4"} <= set(row)
+        assert 0 <= row["top1"] <= row["top5"] <= 100
+    full = next(r for r in rows if r["width"] == 1.0 and r["resolution"] == 16)
+    assert full["mmacs"] == max(r["mmacs"] for r in rows) and full["top1"] > 50
+    for name in ("grid.csv", "query_table.md", "pareto.png"):
+        assert (run_dir / name).stat().st_size > 100
+    assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| MMACs | config | top1 |" in (run_dir / "query_table.md").read_text()
+
+
+def test_select_prints_the_best_configuration_within_the_budget(run_dir):
+    rows = read_grid(run_dir)
+    budget = sorted(r["mmacs"] for r in rows)[2]
+    proc = cli("select", run_dir, "--max-mmacs", budget)
+    assert proc.returncode == 0, proc.stderr
+    chosen = json.loads(proc.stdout)
+    fits = [r for r in rows if r["mmacs"] <= budget]
+    assert chosen["mmacs"] <= budget and chosen["top1"] == max(r["top1"] for r in fits)
+    assert chosen in pareto_front(rows)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--max-mmacs", "0.0001"], "no configuration fits"),
+    (["--max-mmacs", "-3"], "positive"),
+])
+def test_select_errors_are_one_line(run_dir, args, message):
+    proc = cli("select", run_dir, *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_select_without_an_evaluation_says_what_to_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = cli("select", tmp_path / "empty", "--max-mmacs", "5")
+    assert proc.returncode == 2 and "mutualnet evaluate" in proc.stderr
+
+
+def test_a_configuration_never_listed_in_training_can_be_calibrated(run_dir):
+    proc = cli("calibrate", run_dir, "--widths", "0.62", "--resolutions", "14", "--batches", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert load_run(run_dir).is_calibrated(Config(0.62, 14))
+
+
+def test_width_outside_the_trained_range_is_refused(run_dir):
+    proc = cli("calibrate", run_dir, "--widths", "0.3")
+    assert proc.returncode == 2 and "outside the trained range" in proc.stderr
+
+
+def test_adaptive_model_serves_a_budget(run_dir):
+    m = AdaptiveModel.load(run_dir)
+    rows = read_grid(run_dir)
+    budget = sorted(r["mmacs"] for r in rows)[1]
+    row = m.set_budget(mmacs=budget)
+    assert row == select(rows, max_mmacs=budget)
+    assert m.config == Config(row["width"], row["resolution"])
+    out = m(torch.randn(2, 3, 40, 40))  # any input size: resized to the configuration
+    assert out.shape == (2, 10)
+    with pytest.raises(ConfigError, match="no configuration fits"):
+        m.set_budget(mmacs=1e-6)
+
+
+def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    proc = cli("export", run_dir, "--width", "0.7", "--resolution", "12", "--format", "onnx",
+               "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["max_abs_diff_vs_torch"] <= 1e-4
+    run = load_run(run_dir)
+    reference = run.model.subnet(0.7, 12).eval()
+    x = torch.randn(3, 3, 12, 12)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    torch.testing.assert_close(got, reference(x).detach(), atol=1e-4, rtol=0)
+
+
+def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
+    run = load_run(run_dir)
+    reference = run.model.subnet(0.5, 16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for fmt in ("torchscript", "safetensors"):
+        out = tmp_path / f"m.{fmt}"
+        proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", fmt,
+                   "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        loaded = torch.jit.load(str(out)) if fmt == "torchscript" else load_exported(out)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)
+
+
+def test_batchnorm_folding_keeps_outputs():
+    from mutualnet import create_model
+
+    model = create_model("mobilenet_v1", num_classes=5, small_input=True)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))
+    static = model.eval().subnet(0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = static(x)
+        folded = fold_batchnorm(static)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), want, atol=1e-5, rtol=1e-4)
+
+
+def test_export_to_a_missing_directory_is_one_line(run_dir, tmp_path):
+    proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", "onnx",
+               "-o", tmp_path / "no" / "m.onnx")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

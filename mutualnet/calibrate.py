@@ -38,7 +38,7 @@ def calibrate(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(configs, desc="calibrate", unit="config", leave=False)
+        iterator = tqdm(configs, desc="calibrate", unit="config", leave=False, disable=None)
     try:
         for config in iterator:
             if config.resolution is None:

@@ -122,7 +122,8 @@ def evaluate_run(
     if progress:
         from tqdm import tqdm
 
-        loader = tqdm(loader, desc=f"evaluate {len(configs)} configs", unit="batch", leave=False)
+        loader = tqdm(loader, desc=f"evaluate {len(configs)} configs", unit="batch",
+                      leave=False, disable=None)
     task = ClassificationTask()
     rows = evaluate(run.model, loader, configs, task, run.device)
     model = run.model
@@ -137,7 +138,8 @@ def evaluate_run(
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(iterator, desc="latency", unit="config", leave=False)
+            iterator = tqdm(iterator, desc="latency", unit="config", leave=False,
+                            disable=None)
         for row, config in iterator:
             static = model.subnet(config.width, config.resolution).eval()
             frames = (config.frames,) if config.frames else ()

@@ -109,6 +109,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import io
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,6 +125,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
             marker="o", ms=4, label="query table (Pareto front)")
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("MMACs (log scale)")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(True, which="both", alpha=0.3)

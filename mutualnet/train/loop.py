@@ -396,7 +396,8 @@ def _progress(cfg: RunConfig, dist: Distributed, epoch: int, total: int, initial
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                unit="step", dynamic_ncols=True, leave=False)
+                unit="step", dynamic_ncols=True, leave=False, mininterval=0.5,
+                disable=None)  # None: no bar when the output is not a terminal
 
 
 def _install_signal_handlers(stop: _Stop) -> dict:

@@ -87,11 +87,9 @@ def calibrate_run(
     progress: bool = True,
 ) -> list[Config]:
     """Calibrate ``configs`` of a run and save their statistics with its weights."""
-    from .data import build_datasets
-
     configs = [run.check_config(c) for c in configs]
     cfg = run.config
-    train_set, _, _ = build_datasets(cfg.data, max(cfg.space.resolutions))
+    train_set, _ = run.datasets()
     data = calibration_batches(train_set, batches, batch_size or min(cfg.train.batch_size, 256),
                                cfg.train.seed, cfg.data.num_workers, run.device)
     calibrate(run.model, data, configs, progress=progress)

@@ -147,6 +147,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_official(args: argparse.Namespace) -> int:
+    from .convert import convert_official
+
+    width_range = None
+    if args.width_range is not None:
+        if len(args.width_range) != 2:
+            raise MutualNetError("--width-range takes two numbers, e.g. 0.25,1.6")
+        width_range = (args.width_range[0], args.width_range[1])
+    print(json.dumps(convert_official(args.checkpoint, args.arch, args.output, width_range)))
+    return 0
+
+
 def _default_run_dir(config: str) -> str:
     from pathlib import Path
 
@@ -215,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", help="dataset location, if it moved since training")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("convert-official",
+                       help="turn an official MutualNet checkpoint into a run directory")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", required=True, choices=["mobilenet_v1", "mobilenet_v2", "resnet50"])
+    p.add_argument("--width-range", type=_parse_floats,
+                   help="LO,HI the checkpoint was trained on (default: the official recipe's)")
+    p.add_argument("-o", "--output", required=True, help="run directory to create")
+    p.set_defaults(func=_cmd_convert_official)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

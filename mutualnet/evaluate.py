@@ -103,7 +103,6 @@ def evaluate_run(
     from torch.utils.data import DataLoader
 
     from .calibrate import calibrate_run
-    from .data import build_datasets
     from .macs import count_macs
     from .select import write_results
     from .tasks import ClassificationTask
@@ -116,7 +115,7 @@ def evaluate_run(
     if missing:
         calibrate_run(run, missing, batches=calibration_batches, progress=progress)
     cfg = run.config
-    _, val_set, _ = build_datasets(cfg.data, max(cfg.space.resolutions))
+    _, val_set = run.datasets()
     loader = DataLoader(val_set, batch_size=batch_size, num_workers=cfg.data.num_workers,
                         pin_memory=run.device.type == "cuda")
     if progress:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, config_from_dict
-from .errors import CheckpointError, ConfigError, MutualNetError
+from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .models import create_model
 from .nn.model import SlimmableModel
 from .space import Config, Space
@@ -57,6 +57,18 @@ class Run:
         if self.config.space.frames and config.frames is None:
             config = Config(config.width, config.resolution, max(self.config.space.frames))
         return config
+
+    def datasets(self):
+        """The run's (train, val) datasets at its largest resolution, checked against the model."""
+        from .data import build_datasets
+
+        train, val, info = build_datasets(self.config.data, max(self.config.space.resolutions))
+        if info.num_classes > self.meta["num_classes"] or info.in_chans != self.meta["in_chans"]:
+            raise DataError(
+                f"the data ({info.source}: {info.num_classes} classes, {info.in_chans} channels) "
+                f"does not fit the model ({self.meta['num_classes']} classes, "
+                f"{self.meta['in_chans']} channels); point --data at the run's dataset")
+        return train, val
 
     def save(self) -> None:
         """Write the weights and calibrated statistics back (atomically)."""

@@ -1,0 +1,132 @@
+"""Official MutualNet checkpoints become ordinary runs and reproduce the official outputs."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mutualnet.convert import convert_official, map_official_key
+from mutualnet.errors import CheckpointError, ConfigError
+from mutualnet.run import load_run
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mutualnet", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2"])
+def test_converted_model_matches_the_official_outputs(official_fixtures, tmp_path, arch):
+    run_dir = tmp_path / arch
+    proc = cli("convert-official", official_fixtures / f"{arch}_official.pt", "--arch", arch,
+               "-o", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    reference = torch.load(official_fixtures / f"{arch}_official_outputs.pt", weights_only=True)
+    run = load_run(run_dir)
+    assert run.meta["needs_calibration"] is True
+    model = run.model.train()  # batch statistics, as the official outputs were made
+    x = reference["input"]
+    for out in reference["outputs"]:
+        r = out["resolution"]
+        xi = x if r == x.shape[-1] else F.interpolate(x, (r, r), mode="bilinear",
+                                                      align_corners=True)
+        model.set_config(out["width"], r)
+        with torch.no_grad():
+            diff = (model(xi) - out["logits"]).abs().max().item()
+        assert diff <= 1e-4, (out["width"], r, diff)
+
+
+def test_resnet50_mapping_covers_every_official_key(official_fixtures, tmp_path):
+    keys = json.loads((official_fixtures / "resnet50_official_keys.json").read_text())["keys"]
+    state = {k: torch.zeros(shape) if shape else torch.tensor(0) for k, shape in keys}
+    path = tmp_path / "r50.pt"
+    torch.save({"model": state, "optimizer": {}, "last_epoch": 119}, path)
+    summary = convert_official(path, "resnet50", tmp_path / "run")
+    params = [k for k, _ in keys if k.endswith((".weight", ".bias")) and ".bn." not in k]
+    assert summary["weights"] == len(params)
+    assert summary["dropped_bn_statistics"] == len(keys) - len(params)
+    mapped = {map_official_key("resnet50", k.removeprefix("module.")) for k in params}
+    assert None not in mapped and len(mapped) == len(params)
+
+
+def test_wrong_architecture_is_a_clear_error(official_fixtures, tmp_path):
+    proc = cli("convert-official", official_fixtures / "mobilenet_v1_official.pt", "--arch",
+               "mobilenet_v2", "-o", tmp_path / "run")
+    assert proc.returncode == 2
+    assert "--arch" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_width_range_must_fit_the_weights(official_fixtures, tmp_path):
+    with pytest.raises(CheckpointError, match="--width-range"):
+        convert_official(official_fixtures / "mobilenet_v1_official.pt", "mobilenet_v1",
+                         tmp_path / "run", width_range=(0.25, 1.6))
+
+
+def test_a_scaled_checkpoint_converts_with_its_width_range(tmp_path):
+    from mutualnet import create_model
+
+    model = create_model("mobilenet_v1", num_classes=10, width_range=(0.25, 1.6))
+    official = {}
+    for key, value in model.state_dict().items():
+        if "running" in key or "num_batches" in key:
+            continue
+        official["module." + key.replace("head.2", "classifier.0")
+                  .replace("depthwise.0", "body.0").replace("depthwise.1", "body.1")
+                  .replace("pointwise.0", "body.3").replace("pointwise.1", "body.4")] = value
+    torch.save(official, tmp_path / "scaled.pt")  # a bare state dict
+    summary = convert_official(tmp_path / "scaled.pt", "mobilenet_v1", tmp_path / "run",
+                               width_range=(0.25, 1.6))
+    converted = load_run(tmp_path / "run").model
+    for key, value in model.state_dict().items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(converted.state_dict()[key], value), key
+    assert summary["width_range"] == [0.25, 1.6]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(CheckpointError, match="refusing to load it"):
+        convert_official(path, "mobilenet_v1", tmp_path / "run")
+
+
+def test_evaluate_refuses_until_calibrated(official_fixtures, tmp_path):
+    convert_official(official_fixtures / "mobilenet_v1_official.pt", "mobilenet_v1",
+                     tmp_path / "run")
+    proc = cli("evaluate", tmp_path / "run", "--widths", "1.0", "--resolutions", "224")
+    assert proc.returncode == 2 and "mutualnet calibrate" in proc.stderr
+
+
+def test_unknown_arch_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown --arch"):
+        convert_official(tmp_path / "x.pt", "vgg16", tmp_path / "run")
+
+
+def test_a_converted_run_calibrates_evaluates_selects_and_exports(official_fixtures, tmp_path):
+    from test_data import make_image_folder
+
+    run = tmp_path / "run"
+    convert_official(official_fixtures / "mobilenet_v1_official.pt", "mobilenet_v1", run)
+    data = make_image_folder(tmp_path / "imagenet", classes=("n01", "n02"), per_class=4)
+    grid = ["--widths", "0.25,1.0", "--resolutions", "128,160", "--data", data]
+    proc = cli("calibrate", run, *grid, "--batches", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "needs_calibration" not in load_run(run).meta
+    proc = cli("evaluate", run, *grid)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((run / "grid.json").read_text())
+    assert len(rows) == 4 and {r["mmacs"] for r in rows} >= {13.57}
+    proc = cli("select", run, "--max-mmacs", "20")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["width"] == 0.25
+    proc = cli("export", run, "--width", "0.25", "--resolution", "128", "--format", "onnx",
+               "-o", tmp_path / "m.onnx", "--data", data)
+    assert proc.returncode == 0, proc.stderr

@@ -159,6 +159,17 @@ def _cmd_convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    out = args.out or f"runs/reproduce-{args.preset}"
+    report = reproduce(args.preset, out, data=args.data, seeds=args.seeds, epochs=args.epochs,
+                       device=args.device)
+    print(open(f"{out}/report.md").read(), end="")
+    print(json.dumps({"report": f"{out}/report.md", "seconds": report["wall_seconds"]}))
+    return 0
+
+
 def _default_run_dir(config: str) -> str:
     from pathlib import Path
 
@@ -236,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LO,HI the checkpoint was trained on (default: the official recipe's)")
     p.add_argument("-o", "--output", required=True, help="run directory to create")
     p.set_defaults(func=_cmd_convert_official)
+
+    p = sub.add_parser("reproduce", help="train every mode over several seeds and report the "
+                       "paper's claims on this data")
+    p.add_argument("--preset", required=True,
+                   help="tiny, fashion-mnist, cifar10 or imagenet")
+    p.add_argument("--out", help="directory for the runs and the report "
+                   "(default: runs/reproduce-PRESET); finished runs there are reused")
+    p.add_argument("--data", help="dataset location (cifar10, imagenet)")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--device")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ __all__ = [
 
 DATA_FORMATS = ("fashion_mnist", "mnist", "idx", "cifar10", "cifar100", "image_folder", "synthetic")
 MODES = ("mutualnet", "usnet", "independent", "single")
+#: the smallest input a configuration may use (the models downsample by up to 32)
+MIN_RESOLUTION = 8
+#: seeds go to ``torch.manual_seed``, which takes 64-bit values
+_SEED_LIMIT = 2**63
 
 
 @dataclass
@@ -125,8 +130,9 @@ class RunConfig:
         lo, hi = self.space.width_range
         if not 0 < lo <= hi:
             raise ConfigError(f"space.width_range must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
-        if not self.space.resolutions or min(self.space.resolutions) < 1:
-            raise ConfigError("space.resolutions must be a non-empty list of positive sizes")
+        if not self.space.resolutions or min(self.space.resolutions) < MIN_RESOLUTION:
+            raise ConfigError(f"space.resolutions must be a non-empty list of sizes of at least "
+                              f"{MIN_RESOLUTION} pixels, got {self.space.resolutions}")
         if self.space.frames is not None and (not self.space.frames or min(self.space.frames) < 1):
             raise ConfigError("space.frames must be a non-empty list of positive frame counts")
         if self.space.num_random < 0:
@@ -147,11 +153,32 @@ class RunConfig:
                 raise ConfigError(f"train.{name} must be at least 1")
         if self.train.max_steps is not None and self.train.max_steps < 1:
             raise ConfigError("train.max_steps must be at least 1")
+        if not -_SEED_LIMIT <= self.train.seed < _SEED_LIMIT:
+            raise ConfigError(f"train.seed must fit in 64 bits, got {self.train.seed}")
+        if self.train.log_every < 1:
+            raise ConfigError("train.log_every must be at least 1")
+        if self.train.distill_temperature <= 0:
+            raise ConfigError("train.distill_temperature must be positive")
+        self._check_not_negative("train", "checkpoint_every", "distill_weight")
         if self.optim.lr <= 0:
             raise ConfigError("optim.lr must be positive")
-        if self.data.num_workers < 0:
-            raise ConfigError("data.num_workers must be 0 or more")
+        self._check_not_negative("optim", "momentum", "weight_decay", "min_lr", "warmup_epochs")
+        if not 0 <= self.optim.warmup_start_factor <= 1:
+            raise ConfigError("optim.warmup_start_factor must be between 0 and 1")
+        if not 0 <= self.optim.label_smoothing < 1:
+            raise ConfigError("optim.label_smoothing must be at least 0 and below 1")
+        self._check_not_negative("data", "num_workers", "shift")
+        lo, hi = self.data.crop_scale
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
+        if not 0 < self.data.eval_crop_ratio <= 1:
+            raise ConfigError("data.eval_crop_ratio must be in (0, 1]")
         return self
+
+    def _check_not_negative(self, section: str, *names: str) -> None:
+        for name in names:
+            if getattr(getattr(self, section), name) < 0:
+                raise ConfigError(f"{section}.{name} must be 0 or more")
 
 
 def _type_name(tp: Any) -> str:
@@ -190,13 +217,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{where} must have names as keys, got {bad[0]!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int too large for a float
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            return number
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -220,7 +261,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
             raise ConfigError(f"unknown config key '{path}'{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, path)
+            kwargs[key] = _build(tp, {} if value is None else value, path)  # an empty section
         else:
             kwargs[key] = _coerce(value, tp, path)
     return cls(**kwargs)
@@ -248,7 +289,7 @@ def _parse_value(text: str) -> Any:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
@@ -261,11 +302,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section in the YAML
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
         node[parts[-1]] = _parse_value(text)
     return data
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """Where and what the YAML error is, on one line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -279,10 +331,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} does not exist; give the path of a YAML recipe "
                               f"(e.g. configs/fashion_mnist.yaml)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read config file {path} ({reason}); give a readable "
+                              f"YAML recipe") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(exc)}); "
+                              f"fix the recipe") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     return config_from_dict(apply_overrides(data, list(overrides or [])))

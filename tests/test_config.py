@@ -71,3 +71,8 @@ def test_round_trip_through_plain_data():
     from mutualnet.config import config_from_dict
 
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_exponents_without_a_dot_are_numbers():
+    cfg = load_config(None, ["optim.weight_decay=5e-5", "optim.lr=1E-1"])
+    assert cfg.optim.weight_decay == 5e-5 and cfg.optim.lr == 0.1

@@ -70,20 +70,29 @@ class _Stop:
 
 
 def build_space(cfg: RunConfig) -> Space:
-    """The configurations a mode trains: MutualNet's width × resolution (× frames) sandwich,
-    US-Nets' width-only sandwich at the largest resolution, or the full network alone."""
+    """The configurations a mode trains.
+
+    ``mutualnet``: the width × resolution (× frames) sandwich with in-place distillation.
+    ``usnet``: the same sandwich over widths only, at the largest resolution (US-Nets).
+    ``single``: the full network alone, trained normally on the labels.
+    ``independent``: one configuration as its own static network (``space.width_range``
+    ``[w, w]`` and one resolution), trained alone on the labels.
+    """
     s = cfg.space
     res = tuple(s.resolutions)
     frames = tuple(s.frames) if s.frames else None
+    top_frames = (max(frames),) if frames else None
     mode = cfg.train.mode
     if mode == "mutualnet":
         return Space(s.width_range, res, frames, s.num_random, s.smallest_at_lowest)
     if mode == "usnet":
-        return Space(s.width_range, (max(res),), (max(frames),) if frames else None, s.num_random)
-    if mode == "single":
-        hi = s.width_range[1]
-        return Space((hi, hi), (max(res),), (max(frames),) if frames else None, 0)
-    raise ConfigError(f"train.mode {mode!r} is not supported by this engine yet")
+        return Space(s.width_range, (max(res),), top_frames, s.num_random)
+    hi = s.width_range[1]
+    if mode == "independent" and (s.width_range[0] != hi or len(res) != 1 or
+                                  (frames and len(frames) != 1)):
+        raise ConfigError("train.mode=independent trains one configuration: set "
+                          "space.width_range to [w, w] and space.resolutions to [r]")
+    return Space((hi, hi), (max(res),), top_frames, 0)
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> SlimmableModel:

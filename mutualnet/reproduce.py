@@ -1,0 +1,356 @@
+"""Check the paper's claims on your data: every mode of the one engine, several seeds, one report.
+
+For each seed, MutualNet (width + resolution), US-Nets (width only), the full network trained
+alone (single) and one independently trained static network per budget configuration are
+trained with the same data, epochs and augmentation; all are calibrated and evaluated the same
+way; methods are compared at the MACs of the budget configurations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import platform
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_to_dict, load_config
+from .errors import ConfigError
+from .evaluate import evaluate_run
+from .run import load_run
+from .space import Config
+from .train import build_space, train
+from .train.checkpoint import WEIGHTS, atomic_write_bytes
+from .train.log import read_log
+
+__all__ = ["PRESETS", "Preset", "reproduce"]
+
+log = logging.getLogger("mutualnet")
+
+METHODS = ("independent", "usnet", "mutualnet")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A reproduction: the shared recipe, the budget configurations and the seeds."""
+
+    description: str
+    overrides: tuple[str, ...]
+    budgets: tuple[tuple[float, int], ...]
+    seeds: int = 3
+    width_step: float = 0.05
+    calibration_batches: int = 16
+
+
+_FASHION_MODEL = (
+    "model.name=mobilenet_v2",
+    "model.options={block_setting: [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2], [6, 64, 2, 2],"
+    " [6, 96, 1, 1]], last_channels: 640}",
+)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "seconds-long smoke reproduction on synthetic data (used by the tests)",
+        ("data.format=synthetic", "data.num_workers=0", "model.name=mobilenet_v2",
+         "model.options={block_setting: [[1, 16, 1, 1], [2, 32, 1, 2], [2, 48, 1, 2]], "
+         "last_channels: 64, stem_channels: 16}",
+         "space.width_range=[0.25, 1.0]", "space.resolutions=[16, 12, 8]",
+         "train.epochs=1", "train.batch_size=32", "optim.lr=0.1", "train.validate=false",
+         "train.progress=false"),
+        ((1.0, 16), (0.75, 16), (0.75, 12), (0.5, 12), (0.5, 8), (0.25, 8)),
+        seeds=3, width_step=0.25, calibration_batches=2,
+    ),
+    "fashion-mnist": Preset(
+        "Fashion-MNIST, the default recipe's network over widths 0.25-1.0 and 16-28 px, "
+        "3 epochs per run",
+        ("data.format=fashion_mnist", "data.augment=shift", "data.shift=2", "data.hflip=false",
+         *_FASHION_MODEL, "space.width_range=[0.25, 1.0]", "space.resolutions=[28, 24, 20, 16]",
+         "optim.lr=0.1", "optim.weight_decay=5e-5", "optim.warmup_epochs=0.2",
+         "train.epochs=3", "train.batch_size=128", "train.channels_last=true",
+         "train.validate=false", "train.progress=false"),
+        ((1.0, 28), (0.75, 24), (0.5, 24), (0.35, 20), (0.35, 16), (0.25, 16)),
+    ),
+    "cifar10": Preset(
+        "CIFAR-10 (python batches via --data), MobileNetV2 small-input layout, 200 epochs",
+        ("data.format=cifar10", "data.augment=shift", "data.shift=4", "data.hflip=true",
+         "data.num_workers=4", "model.name=mobilenet_v2", "model.options={small_input: true}",
+         "space.width_range=[0.35, 1.0]", "space.resolutions=[32, 28, 24, 20]",
+         "optim.lr=0.1", "optim.weight_decay=5e-4", "train.epochs=200", "train.batch_size=128",
+         "train.channels_last=true", "train.validate=false", "train.progress=false"),
+        ((1.0, 32), (0.75, 28), (0.6, 28), (0.5, 24), (0.4, 20), (0.35, 20)),
+    ),
+    "imagenet": Preset(
+        "ImageNet-format folder (train/ and val/ via --data), MobileNetV1 [0.25, 1.0], the "
+        "official recipe; meant for a multi-GPU machine",
+        ("data.format=image_folder", "data.augment=resized_crop", "data.crop_scale=[0.25, 1.0]",
+         "data.num_workers=8", "model.name=mobilenet_v1", "space.width_range=[0.25, 1.0]",
+         "space.resolutions=[224, 192, 160, 128]", "optim.lr=0.5", "optim.weight_decay=1e-4",
+         "train.epochs=250", "train.batch_size=1024", "train.amp=bf16",
+         "train.channels_last=true", "train.validate=false", "train.progress=false"),
+        ((1.0, 224), (0.75, 192), (0.5, 192), (0.5, 160), (0.35, 128), (0.25, 128)),
+        seeds=3,
+    ),
+}
+
+
+@dataclass
+class _Job:
+    seed: int
+    method: str
+    config: Config | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        if self.config is None:
+            return f"seed{self.seed}/{self.method}"
+        return f"seed{self.seed}/independent_w{self.config.width:g}_r{self.config.resolution}"
+
+
+def _jobs(preset: Preset, seeds: int) -> list[_Job]:
+    jobs = []
+    for seed in range(seeds):
+        for method in ("mutualnet", "usnet", "single"):
+            jobs.append(_Job(seed, method, None, [f"train.mode={method}"]))
+        for width, resolution in preset.budgets:
+            jobs.append(_Job(seed, "independent", Config(width, resolution), [
+                "train.mode=independent", f"space.width_range=[{width}, {width}]",
+                f"space.resolutions=[{resolution}]"]))
+    return jobs
+
+
+def _finished(run_dir: Path) -> float | None:
+    """Training seconds of a finished run (None when it has to be trained)."""
+    if not (run_dir / WEIGHTS).is_file():
+        return None
+    done = [r for r in read_log(run_dir) if r.get("kind") == "done"]
+    return float(done[-1]["seconds"]) if done else None
+
+
+def _eval_configs(run, method: str, job: _Job, width_step: float) -> list[Config]:
+    space = build_space(run.config)
+    if method == "independent":
+        return [job.config]
+    if method == "single":
+        return [space.full]
+    return space.grid(width_step)
+
+
+def _best_within(rows: list[dict], budget: float) -> dict | None:
+    fits = [r for r in rows if r["mmacs"] <= budget * (1 + 1e-9)]
+    return max(fits, key=lambda r: (r["top1"], -r["mmacs"])) if fits else None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation, rounded; None when no value (e.g. no US-Nets
+    configuration is cheap enough for a budget)."""
+    if not values:
+        return None, None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return round(statistics.fmean(values), 3), round(std, 3)
+
+
+def reproduce(
+    preset_name: str, out: str | Path, data: str | None = None, seeds: int | None = None,
+    epochs: int | None = None, device: str | None = None,
+) -> dict[str, Any]:
+    """Train, calibrate and evaluate every method and write ``report.md``, ``report.json`` and
+    ``curves.png`` to ``out``. Finished runs found in ``out`` are reused, so an interrupted
+    reproduction continues where it stopped."""
+    if preset_name not in PRESETS:
+        raise ConfigError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[preset_name]
+    seeds = preset.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    out = Path(out)
+    common = list(preset.overrides)
+    if data is not None:
+        common.append(f"data.root={data}")
+    if epochs is not None:
+        common.append(f"train.epochs={epochs}")
+    if device is not None:
+        common.append(f"train.device={device}")
+    load_config(None, common)  # a bad preset or override fails before any training
+    started = time.time()
+    results: dict[str, Any] = {}
+    for job in _jobs(preset, seeds):
+        run_dir = out / job.name
+        cfg = load_config(None, common + job.overrides + [f"train.seed={job.seed}"])
+        seconds = _finished(run_dir)
+        if seconds is None:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished run of an earlier, interrupted call
+            log.info("training %s", job.name)
+            seconds = float(train(cfg, run_dir)["seconds"])
+        run = load_run(run_dir, _device(cfg))
+        rows = evaluate_run(run, _eval_configs(run, job.method, job, preset.width_step),
+                            calibration_batches=preset.calibration_batches, progress=False)
+        results[job.name] = {"seed": job.seed, "method": job.method, "seconds": seconds,
+                             "rows": rows}
+    report = _summarise(preset_name, preset, seeds, results,
+                        config_to_dict(load_config(None, common)))
+    report["wall_seconds"] = round(time.time() - started, 1)
+    _write_report(out, report)
+    return report
+
+
+def _device(cfg) -> torch.device:
+    from .train.distributed import resolve_device
+
+    return resolve_device(cfg.train.device)
+
+
+def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dict) -> dict:
+    by_seed: dict[int, dict[str, Any]] = {s: {"independent": {}} for s in range(seeds)}
+    for entry in results.values():
+        seed, method = entry["seed"], entry["method"]
+        if method == "independent":
+            row = entry["rows"][0]
+            by_seed[seed]["independent"][(row["width"], row["resolution"])] = entry
+        else:
+            by_seed[seed][method] = entry
+    budgets = []
+    for width, resolution in preset.budgets:
+        mmacs = by_seed[0]["independent"][(width, resolution)]["rows"][0]["mmacs"]
+        line: dict[str, Any] = {"config": f"{width:g}-{resolution}", "mmacs": mmacs}
+        for method in METHODS:
+            values, chosen = [], []
+            for seed in range(seeds):
+                if method == "independent":
+                    row = by_seed[seed]["independent"][(width, resolution)]["rows"][0]
+                else:
+                    row = _best_within(by_seed[seed][method]["rows"], mmacs)
+                if row is not None:
+                    values.append(row["top1"])
+                    chosen.append(f"{row['width']:g}-{row['resolution']}")
+            mean, std = _mean_std(values)
+            line[method] = {"mean": mean, "std": std, "n": len(values), "configs": chosen}
+        budgets.append(line)
+    full = preset.budgets[0]
+    gains, single_acc, mutual_full = [], [], []
+    for seed in range(seeds):
+        single = by_seed[seed]["single"]["rows"][0]["top1"]
+        mutual = next(r["top1"] for r in by_seed[seed]["mutualnet"]["rows"]
+                      if r["width"] == full[0] and r["resolution"] == full[1])
+        single_acc.append(single)
+        mutual_full.append(mutual)
+        gains.append(mutual - single)
+    times = []
+    for seed in range(seeds):
+        independent = sum(e["seconds"] for e in by_seed[seed]["independent"].values())
+        times.append({"seed": seed, "mutualnet_s": by_seed[seed]["mutualnet"]["seconds"],
+                      "usnet_s": by_seed[seed]["usnet"]["seconds"],
+                      "single_s": by_seed[seed]["single"]["seconds"],
+                      "independent_sum_s": round(independent, 1)})
+    return {
+        "preset": name, "description": preset.description, "seeds": seeds,
+        "recipe": recipe, "budgets": budgets,
+        "single": {"full_config": f"{full[0]:g}-{full[1]}",
+                   "single_top1": _ms(single_acc), "mutualnet_full_top1": _ms(mutual_full),
+                   "gain": _ms(gains)},
+        "training_time": times,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "runs": {k: {"seconds": v["seconds"], "rows": v["rows"]} for k, v in results.items()},
+    }
+
+
+def _ms(values: list[float]) -> dict[str, float | None]:
+    mean, std = _mean_std(values)
+    return {"mean": mean, "std": std}
+
+
+def _fmt(cell: dict) -> str:
+    return "n/a" if cell["mean"] is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def _markdown(report: dict) -> str:
+    s = report["single"]
+    lines = [
+        f"# Reproduction: {report['preset']}",
+        "",
+        f"{report['description']}. {report['seeds']} seeds; top-1 (%) mean ± std over seeds, "
+        f"all methods calibrated and evaluated the same way. MutualNet and US-Nets take their "
+        f"most accurate configuration within each budget (MACs of the independent network).",
+        "",
+        "| budget (MMACs) | independent config | independent | US-Nets | MutualNet |",
+        "|---|---|---|---|---|",
+    ]
+    for b in report["budgets"]:
+        lines.append(f"| {b['mmacs']:.3f} | {b['config']} | {_fmt(b['independent'])} | "
+                     f"{_fmt(b['usnet'])} | {_fmt(b['mutualnet'])} |")
+    lines += [
+        "",
+        f"**Single network.** Full configuration {s['full_config']}: trained alone "
+        f"{_fmt(s['single_top1'])}, as part of MutualNet {_fmt(s['mutualnet_full_top1'])}; "
+        f"gain {_fmt(s['gain'])} points.",
+        "",
+        "**Training time** (seconds of training per run, this machine):",
+        "",
+        "| seed | MutualNet | US-Nets | single | independent (sum of "
+        f"{len(report['budgets'])}) | MutualNet / independent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in report["training_time"]:
+        ratio = t["mutualnet_s"] / t["independent_sum_s"] if t["independent_sum_s"] else math.nan
+        lines.append(f"| {t['seed']} | {t['mutualnet_s']:.1f} | {t['usnet_s']:.1f} | "
+                     f"{t['single_s']:.1f} | {t['independent_sum_s']:.1f} | {ratio:.2f} |")
+    m = report["machine"]
+    lines += ["", f"Machine: {m['platform']}, {m['threads']} torch threads, torch {m['torch']}"
+              + (f", GPU {m['cuda']}" if m["cuda"] else ", CPU only")
+              + f". Whole reproduction: {report.get('wall_seconds', 0):.0f} s.", "",
+              "![accuracy against MACs](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    x = [b["mmacs"] for b in report["budgets"]]
+    labels = {"independent": "independent networks", "usnet": "US-Nets (width only)",
+              "mutualnet": "MutualNet (width + resolution)"}
+    for method in METHODS:
+        points = [(b["mmacs"], b[method]["mean"], b[method]["std"]) for b in report["budgets"]
+                  if b[method]["mean"] is not None]
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[p[2] for p in points], marker="o", ms=4, capsize=3,
+                    label=labels[method])
+    s = report["single"]
+    ax.errorbar([x[0]], [s["single_top1"]["mean"]], yerr=[s["single_top1"]["std"]], marker="*",
+                ms=10, ls="none", capsize=3, color="k", label="full network trained alone")
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("MMACs (log scale)")
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{report['preset']}: {report['seeds']} seeds, mean ± std")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _write_report(out: Path, report: dict) -> None:
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "report.md", _markdown(report).encode())
+    _plot(report, out / "curves.png")

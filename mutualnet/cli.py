@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import MutualNetError
@@ -33,6 +33,21 @@ def _parse_ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type for a positive ``kind`` (int or float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -201,23 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "trained range every --width-step)")
         p.add_argument("--resolutions", type=_parse_ints, help="default: the trained list")
         p.add_argument("--frames", type=_parse_ints, help="frame counts (video models)")
-        p.add_argument("--width-step", type=float, default=0.05)
-        p.add_argument("--batches", type=int, default=16,
+        p.add_argument("--width-step", type=_positive(float), default=0.05)
+        p.add_argument("--batches", type=_positive(int), default=16,
                        help="training batches for BN calibration")
         p.add_argument("--device", default="auto")
         p.add_argument("--data", help="dataset location, if it moved since training")
 
     p = sub.add_parser("calibrate", help="recompute BN statistics for each configuration")
     grid_options(p)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive(int))
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="evaluate the grid; write grid.json, grid.csv, "
                        "query_table.md, pareto.png")
     grid_options(p)
     p.add_argument("--latency", action="store_true", help="measure latency on this device")
-    p.add_argument("--latency-batch", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--latency-batch", type=_positive(int), default=32)
+    p.add_argument("--batch-size", type=_positive(int), default=256)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("select", help="the most accurate configuration within a budget (JSON)")

@@ -225,19 +225,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an int too large for a float
-                number = math.inf
+        number = _as_float(value)
+        if number is not None:
             if not math.isfinite(number):
                 raise ConfigError(f"{where} must be a finite number, got {value!r}")
             return number
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -245,6 +237,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+
+
+def _as_float(value: Any) -> float | None:
+    """A number as a float (None when it is not one); YAML reads 1e-4 (no dot) as a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        return math.inf
+    except ValueError:
+        return None
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -258,7 +262,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{path}'{hint}")
+            raise ConfigError(f"unknown config key {path!r}{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, {} if value is None else value, path)  # an empty section
@@ -306,7 +310,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a section")
+                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section")
         node[parts[-1]] = _parse_value(text)
     return data
 

@@ -18,7 +18,7 @@ import yaml
 from .config import RunConfig, config_to_dict
 from .errors import CheckpointError, ConfigError
 from .models import create_model
-from .train.checkpoint import WEIGHTS, atomic_write_bytes, save_weights
+from .train.checkpoint import WEIGHTS, atomic_write_bytes, save_weights, torch_load
 
 __all__ = ["ARCHES", "convert_official", "map_official_key", "read_official"]
 
@@ -92,14 +92,7 @@ def map_official_key(arch: str, key: str) -> str | None:
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an official checkpoint, read without running pickled code."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors, truncation, not a zip or pickle
-        kind = "holds objects other than tensors and plain data" if "weights_only" in str(exc) \
-            or "Unsupported" in str(exc) else "is corrupt or not a PyTorch checkpoint"
-        raise CheckpointError(f"checkpoint {path} {kind}; refusing to load it") from None
+    data = torch_load(path, fix="download the official checkpoint again")
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):

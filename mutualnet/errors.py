@@ -22,3 +22,7 @@ class DataError(MutualNetError):
 
 class CheckpointError(MutualNetError):
     """A checkpoint or run directory that is missing, corrupt or of another model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that asks to run code when loaded: refused, never replaced by an older one."""

@@ -72,8 +72,7 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     config = run.check_config(config)
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist")
+    _check_writable(out, fmt)
     if run.meta.get("needs_calibration"):
         raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
                           f"run `mutualnet calibrate {run.path}` first")
@@ -103,7 +102,11 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         torch.jit.save(torch.jit.script(static), buffer)
         atomic_write_bytes(out, buffer.getvalue())
         return info
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    try:
+        tmp_dir = tempfile.TemporaryDirectory(dir=out.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}; choose a writable -o") from None
+    with tmp_dir as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         torch.onnx.export(static, (example,), str(tmp_path), input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": {0: "batch"},
@@ -112,6 +115,19 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         info["max_abs_diff_vs_torch"] = verify_onnx(tmp_path, static, example)
         atomic_write_bytes(out, tmp_path.read_bytes())
     return info
+
+
+def _check_writable(out: Path, fmt: str) -> None:
+    """Refuse an output path that cannot become a file before any work is done."""
+    if out.is_dir():
+        raise ConfigError(f"cannot write {out}: it is a directory; give a file name, e.g. "
+                          f"{out / ('model.' + fmt)}")
+    if not out.parent.exists():
+        raise ConfigError(f"cannot write {out}: directory {out.parent} does not exist; create "
+                          f"it or choose another -o")
+    if not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: {out.parent} is a file, not a directory; "
+                          f"choose another -o")
 
 
 def load_exported(path: str | Path) -> nn.Module:
@@ -127,10 +143,15 @@ def load_exported(path: str | Path) -> nn.Module:
         raise ConfigError(f"{path} does not exist") from None
     except Exception:
         raise ConfigError(f"{path} is not a mutualnet safetensors export") from None
-    width = meta["width"]
-    model = create_model(meta["model"], num_classes=meta["num_classes"],
-                         in_chans=meta["in_chans"], width_range=(width, width),
-                         **meta.get("options", {}))
-    static = model.subnet(width).eval()
-    static.load_state_dict(tensors)
+    try:
+        width = meta["width"]
+        model = create_model(meta["model"], num_classes=meta["num_classes"],
+                             in_chans=meta["in_chans"], width_range=(width, width),
+                             **meta.get("options", {}))
+        static = model.subnet(width).eval()
+        static.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError, MutualNetError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ConfigError(f"{path} is a damaged mutualnet export ({type(exc).__name__}"
+                          f"{': ' + reason if reason else ''}); export it again") from None
     return static

@@ -8,7 +8,6 @@ way; methods are compared at the MACs of the budget configurations.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from .config import config_to_dict, load_config
 from .errors import ConfigError
 from .evaluate import evaluate_run
 from .run import load_run
+from .select import mmacs_figure, save_mmacs_figure
 from .space import Config
 from .train import build_space, train
 from .train.checkpoint import WEIGHTS, atomic_write_bytes
@@ -314,14 +314,7 @@ def _markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    x = [b["mmacs"] for b in report["budgets"]]
+    fig, ax = mmacs_figure()
     labels = {"independent": "independent networks", "usnet": "US-Nets (width only)",
               "mutualnet": "MutualNet (width + resolution)"}
     for method in METHODS:
@@ -331,23 +324,11 @@ def _plot(report: dict, path: Path) -> None:
                     yerr=[p[2] for p in points], marker="o", ms=4, capsize=3,
                     label=labels[method])
     s = report["single"]
-    ax.errorbar([x[0]], [s["single_top1"]["mean"]], yerr=[s["single_top1"]["std"]], marker="*",
-                ms=10, ls="none", capsize=3, color="k", label="full network trained alone")
-    ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("MMACs (log scale)")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{report['preset']}: {report['seeds']} seeds, mean ± std")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    ax.errorbar([report["budgets"][0]["mmacs"]], [s["single_top1"]["mean"]],
+                yerr=[s["single_top1"]["std"]], marker="*", ms=10, ls="none", capsize=3,
+                color="k", label="full network trained alone")
+    save_mmacs_figure(fig, ax, "top-1 (%)",
+                      f"{report['preset']}: {report['seeds']} seeds, mean ± std", path)
 
 
 def _write_report(out: Path, report: dict) -> None:

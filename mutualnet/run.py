@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, config_from_dict
+from .config import MIN_RESOLUTION, RunConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .models import create_model
 from .nn.model import SlimmableModel
 from .space import Config, Space
-from .train.checkpoint import CHECKPOINT, WEIGHTS, load_checkpoint, load_weights, save_weights
+from .train.checkpoint import (CHECKPOINT, WEIGHTS, load_checkpoint, load_model_state, load_weights,
+                               save_weights)
 
 __all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TABLE", "PARETO_PNG"]
 
@@ -52,8 +53,10 @@ class Run:
     def check_config(self, config: Config) -> Config:
         """Validate a configuration against what the model can run."""
         self.model.check_width(config.width)
-        if config.resolution is None or config.resolution < 8:
-            raise ConfigError(f"resolution must be at least 8 pixels, got {config.resolution}")
+        if config.resolution is None or config.resolution < MIN_RESOLUTION:
+            trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
+            raise ConfigError(f"resolution {config.resolution} is too small: give at least "
+                              f"{MIN_RESOLUTION} pixels (this run was trained at {trained})")
         if self.config.space.frames and config.frames is None:
             config = Config(config.width, config.resolution, max(self.config.space.frames))
         return config
@@ -90,29 +93,53 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         config = config_from_dict(yaml.safe_load(config_path.read_text()) or {})
     except MutualNetError as exc:
         raise CheckpointError(f"{config_path} is invalid: {exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise CheckpointError(f"{config_path} is corrupt (not YAML); restore it or retrain")
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, OSError):
+        raise CheckpointError(f"{config_path} is unreadable or not YAML; restore it or "
+                              f"retrain") from None
     if (path / WEIGHTS).is_file():
-        state, meta = load_weights(path / WEIGHTS)
+        source = path / WEIGHTS
+        state, meta = load_weights(source)
     elif (path / CHECKPOINT).is_file():
-        checkpoint = load_checkpoint(path / CHECKPOINT)
+        source = path / CHECKPOINT
+        checkpoint = load_checkpoint(source)
         state, meta = checkpoint["model"], checkpoint.get("meta") or {}
     else:
         raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
                               f"train it first")
-    if "model" not in meta:
-        raise CheckpointError(f"weights in {path} carry no model description; retrain or "
-                              f"convert them again")
+    _check_meta(meta, source, config)
     device = torch.device(device)
-    model = create_model(meta["model"], num_classes=meta["num_classes"],
-                         in_chans=meta["in_chans"], width_range=tuple(meta["width_range"]),
-                         **meta.get("options", {}))
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"weights in {path} do not fit model {meta['model']} "
-                              f"({detail[:200]})") from None
+        model = create_model(meta["model"], num_classes=meta["num_classes"],
+                             in_chans=meta["in_chans"], width_range=tuple(meta["width_range"]),
+                             **meta.get("options", {}))
+    except (MutualNetError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} describes a model that cannot be built ({exc}); "
+                              f"restore the file or retrain") from None
+    load_model_state(model, state, f"the weights in {source}")
     model.to(device).eval()
     return Run(path, config, meta, model, device)
+
+
+def _check_meta(meta: Any, source: Path, config: RunConfig) -> None:
+    """The model description saved with the weights: complete, and the model of config.yaml."""
+    kinds = {"model": str, "num_classes": int, "in_chans": int, "width_range": list}
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"the weights in {source} carry no model description; retrain "
+                              f"or convert them again")
+    options = meta.get("options", {})
+    bad = [k for k, kind in kinds.items() if not isinstance(meta.get(k), kind)]
+    if not isinstance(options, dict):
+        bad.append("options")
+    if bad:
+        raise CheckpointError(f"the model description in {source} is damaged ({', '.join(bad)}); "
+                              f"restore the file or retrain")
+    if meta["model"] != config.model.name:
+        found, wanted = meta["model"], config.model.name
+    elif options != config.model.options:
+        found, wanted = (f"{meta['model']} with options {options}",
+                         f"options {config.model.options}")
+    else:
+        return
+    raise CheckpointError(f"{source} holds a {found} but {CONFIG_FILE} beside it describes "
+                          f"{wanted}: the files come from different runs; restore the run's "
+                          f"own files")

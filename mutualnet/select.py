@@ -105,40 +105,52 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import io
-
+def mmacs_figure():
+    """A matplotlib figure for accuracy against MMACs (headless backend)."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = metric_of(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    resolutions = sorted({r["resolution"] for r in rows}, reverse=True)
-    for res in resolutions:
-        pts = [r for r in rows if r["resolution"] == res]
-        ax.scatter([r["mmacs"] for r in pts], [r[metric] for r in pts], s=14, alpha=0.6,
-                   label=f"{res} px")
-    front = pareto_front(rows, "mmacs", metric)
-    ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
-            marker="o", ms=4, label="query table (Pareto front)")
+    return plt.subplots(figsize=(7, 4.5), dpi=120)
+
+
+def save_mmacs_figure(fig, ax, ylabel: str, title: str, path: Path) -> None:
+    """Log-scale MMACs axis with plain tick labels, legend, grid; written atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("MMACs (log scale)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy against compute of every configuration")
+    ax.set_title(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    metric = metric_of(rows)
+    fig, ax = mmacs_figure()
+    for res in sorted({r["resolution"] for r in rows}, reverse=True):
+        pts = [r for r in rows if r["resolution"] == res]
+        ax.scatter([r["mmacs"] for r in pts], [r[metric] for r in pts], s=14, alpha=0.6,
+                   label=f"{res} px")
+    front = pareto_front(rows, "mmacs", metric)
+    ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
+            marker="o", ms=4, label="query table (Pareto front)")
+    save_mmacs_figure(fig, ax, f"{metric} (%)", "Accuracy against compute of every configuration",
+                      path)
 
 
 def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu") -> None:

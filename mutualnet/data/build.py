@@ -107,7 +107,8 @@ def _load_idx(cfg: DataConfig) -> tuple[dict, list[str], str]:
     if train_images.shape[1:] != val_images.shape[1:]:
         train_hw, val_hw = ("x".join(map(str, t.shape[1:])) for t in (train_images, val_images))
         raise DataError(f"{files['train_images']} holds {train_hw} images but "
-                        f"{files['val_images']} holds {val_hw}; the files do not belong together")
+                        f"{files['val_images']} holds {val_hw}; the files do not belong together: "
+                        f"fetch the dataset again")
     if names is None:
         num_classes = int(max(train_labels.max(), val_labels.max())) + 1
         names = [str(i) for i in range(num_classes)]

@@ -125,15 +125,16 @@ def read_cifar_batch_bytes(data: bytes, name: str, label_key: str,
     """One CIFAR batch file: (uint8 ``[N, 3, 32, 32]``, int64 ``[N]``), checked."""
     batch = _str_keys(safe_unpickle(data, name), name)
     if "data" not in batch or label_key not in batch:
+        found = ", ".join(map(repr, batch))[:200] or "nothing"
         raise DataError(f"{name} lacks the 'data' and '{label_key}' entries of a CIFAR batch "
-                        f"(found {', '.join(map(str, batch)) or 'nothing'})")
+                        f"(found {found}); get a clean copy")
     images = batch["data"]
     if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2
             or images.shape[1] != 3072 or images.shape[0] == 0):
         what = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
                 else type(images).__name__)
         raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072) with N > 0, "
-                        f"found {what}")
+                        f"found {what}; get a clean copy")
     raw = batch[label_key]
     try:
         labels = np.asarray(raw)
@@ -141,9 +142,10 @@ def read_cifar_batch_bytes(data: bytes, name: str, label_key: str,
     except Exception:
         ok = False
     if not ok:
-        raise DataError(f"{name}: '{label_key}' must be a list of integers")
+        raise DataError(f"{name}: '{label_key}' must be a list of integers; get a clean copy")
     if labels.shape[0] != images.shape[0]:
-        raise DataError(f"{name} holds {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{name} holds {images.shape[0]} images but {labels.shape[0]} labels; "
+                        f"get a clean copy")
     labels = labels.astype(np.int64)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
@@ -233,7 +235,8 @@ class _Source:
         try:
             return path.read_bytes(), str(path)
         except OSError as exc:
-            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}; make it readable or "
+                            f"point --data elsewhere") from None
 
 
 def load_cifar(root: str | os.PathLike, variant: str) -> dict[str, Any]:

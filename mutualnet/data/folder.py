@@ -115,7 +115,8 @@ class ImageFolderDataset(Dataset):
                 log.warning("skipped %d unreadable file(s) in %s: %s%s", len(self.skipped),
                             self.root, first, more)
         if not samples:
-            raise DataError(f"{self.root} holds no readable images")
+            raise DataError(f"{self.root} holds no readable images; add some or point --data "
+                            f"elsewhere")
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.transform = transform

@@ -100,12 +100,13 @@ def read_idx_bytes(data: bytes, name: str, kind: str) -> torch.Tensor:
     if magic != expected_magic:
         if data[0] == 0 and data[1] == 0 and data[3] == ndim and data[2] != 0x08:
             raise DataError(f"{name} holds IDX values of type 0x{data[2]:02X}; only unsigned "
-                            f"bytes (type 0x08) are supported")
+                            f"bytes (type 0x08) are supported: convert the file")
         other = "images" if kind == "labels" else "labels"
         swapped = (" (it looks like an IDX " + other + " file: are the files swapped?)"
                    if magic == _KINDS[other][0] else "")
         raise DataError(f"{name} is not an IDX {kind} file: magic number 0x{magic:08X}, "
-                        f"expected 0x{expected_magic:08X}{swapped}")
+                        f"expected 0x{expected_magic:08X}{swapped}; point --data at the "
+                        f"dataset's own files or fetch them again")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{name} is truncated: its header needs {header} bytes, found "
@@ -120,9 +121,10 @@ def read_idx_bytes(data: bytes, name: str, kind: str) -> torch.Tensor:
                         f"but it holds {len(data)} bytes; fetch it again")
     if len(data) > expected:
         raise DataError(f"{name} is longer than its header declares: {what} ({expected} bytes) "
-                        f"but it holds {len(data)} bytes; is it really an IDX file?")
+                        f"but it holds {len(data)} bytes; fetch it again")
     if count == 0:
-        raise DataError(f"{name} holds no {kind} (its header declares {what})")
+        raise DataError(f"{name} holds no {kind} (its header declares {what}); fetch it "
+                        f"again")
     arr = np.frombuffer(data, dtype=np.uint8, count=count, offset=header).reshape(dims)
     return torch.from_numpy(arr.copy())
 
@@ -133,7 +135,8 @@ def read_idx(path: str | os.PathLike, kind: str) -> torch.Tensor:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; make it readable or point "
+                        f"--data elsewhere") from None
     return read_idx_bytes(data, str(path), kind)
 
 
@@ -144,7 +147,8 @@ def load_idx_split(images_path: str | os.PathLike,
     labels = read_idx(labels_path, "labels")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
-                        f"{labels.shape[0]} labels; the files do not belong together")
+                        f"{labels.shape[0]} labels; the files do not belong together: fetch "
+                        f"the dataset again")
     return images, labels.to(torch.int64)
 
 

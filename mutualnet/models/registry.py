@@ -49,7 +49,11 @@ def create_model(name: str, **kwargs) -> SlimmableModel:
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are: {', '.join(options)}"
         )
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as exc:  # a value the model refuses, e.g. dropout=2
+        raise ConfigError(f"model {name!r} refuses its options ({exc}); fix model.options"
+                          ) from None
 
 
 def register_variant(name: str, cls: type[SlimmableModel], **fixed) -> None:

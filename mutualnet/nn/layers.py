@@ -76,6 +76,21 @@ class SlimLayer:
     def active_param_count(self) -> int:
         raise NotImplementedError
 
+    def _active_bias(self) -> Tensor | None:
+        """The bias of the active output channels (for layers with ``active_out``)."""
+        if self.bias is None or self._full:
+            return self.bias
+        return self.bias[: self.active_out]
+
+    def _copy_active_into(self, static: nn.Module) -> nn.Module:
+        """Fill a freshly built static twin with the active slice of the weights."""
+        with torch.no_grad():
+            static.weight.copy_(self._active_weight())
+            if self.bias is not None:
+                static.bias.copy_(self._active_bias())
+        static.train(self.training)
+        return static
+
 
 class _SlimConvNd(SlimLayer):
     """Shared logic of slimmable convolutions (2D here, 3D reuses it)."""
@@ -120,11 +135,6 @@ class _SlimConvNd(SlimLayer):
             return self.weight[: self.active_out, : self.active_in]
         return self.weight[: self.active_out]
 
-    def _active_bias(self) -> Tensor | None:
-        if self.bias is None or self._full:
-            return self.bias
-        return self.bias[: self.active_out]
-
     def active_param_count(self) -> int:
         n = self._active_weight().numel()
         bias = self._active_bias()
@@ -144,12 +154,7 @@ class _SlimConvNd(SlimLayer):
             device=self.weight.device,
             dtype=self.weight.dtype,
         )
-        with torch.no_grad():
-            static.weight.copy_(self._active_weight())
-            if self.bias is not None:
-                static.bias.copy_(self._active_bias())
-        static.train(self.training)
-        return static
+        return self._copy_active_into(static)
 
 
 class SlimConv2d(_SlimConvNd, nn.Conv2d):
@@ -209,11 +214,6 @@ class SlimLinear(SlimLayer, nn.Linear):
             return self.weight
         return self.weight[: self.active_out, : self.active_in]
 
-    def _active_bias(self) -> Tensor | None:
-        if self.bias is None or self._full:
-            return self.bias
-        return self.bias[: self.active_out]
-
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self._active_weight(), self._active_bias())
 
@@ -225,12 +225,7 @@ class SlimLinear(SlimLayer, nn.Linear):
             self.active_in, self.active_out, bias=self.bias is not None,
             device=self.weight.device, dtype=self.weight.dtype,
         )
-        with torch.no_grad():
-            static.weight.copy_(self._active_weight())
-            if self.bias is not None:
-                static.bias.copy_(self._active_bias())
-        static.train(self.training)
-        return static
+        return self._copy_active_into(static)
 
 
 class _SlimBatchNormNd(SlimLayer):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MutualNetError, UnsafeCheckpointError
 
 __all__ = [
     "CHECKPOINT",
@@ -20,15 +23,20 @@ __all__ = [
     "WEIGHTS",
     "atomic_write_bytes",
     "load_checkpoint",
+    "load_model_state",
     "load_weights",
     "resume_checkpoint",
     "save_checkpoint",
     "save_weights",
+    "torch_load",
 ]
+
+log = logging.getLogger("mutualnet")
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"
+_RESUME_KEYS = ("optimizer", "rng", "step")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,8 +51,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; "
-                              f"check the output directory is writable and has space") from None
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
+                              f"location with free space") from None
     _fsync_dir(path.parent)
 
 
@@ -62,44 +70,114 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Save ``state`` as the run's checkpoint; the previous one is kept until this one is whole."""
+    """Save ``state`` as the run's checkpoint so that a crash at any instant leaves a whole one.
+
+    The new file is written and fsynced beside the old one; the old one becomes
+    ``checkpoint.prev.pt`` through a hard link, so ``checkpoint.pt`` never goes missing; the
+    new one is then renamed over ``checkpoint.pt``. A torn ``checkpoint.pt`` (not a whole zip
+    archive, as ``torch.save`` writes) is not kept: it would replace a good previous one.
+    """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     run_dir = Path(run_dir)
     final, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
     tmp = run_dir / f".{CHECKPOINT}.new"
+    for stray in run_dir.glob(f".{tmp.name}.tmp-*"):  # left by a process killed while writing
+        stray.unlink(missing_ok=True)
     atomic_write_bytes(tmp, buffer.getvalue())
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(tmp, final)
+    try:
+        if zipfile.is_zipfile(final):
+            _keep_previous(final, previous)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise CheckpointError(f"cannot save a checkpoint in {run_dir}: {exc.strerror or exc}; "
+                              f"choose a writable --out with free space") from None
     _fsync_dir(run_dir)
     return final
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain data, never code."""
+def _keep_previous(final: Path, previous: Path) -> None:
+    """Make ``previous`` name the file ``final`` names (a link renamed into place); where the
+    filesystem has no hard links, ``final`` is renamed, which leaves it missing for an instant
+    (``resume_checkpoint`` then takes ``previous``)."""
+    link = previous.with_name(f".{previous.name}.new")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(final, link)
+    except OSError:
+        os.replace(final, previous)
+        return
+    os.replace(link, previous)
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative part of a loader's error, short and on one line."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.strip().startswith("Check the documentation")]
+    text = lines[-1].split(". ")[0][:120] if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def torch_load(path: Path, map_location: str | torch.device = "cpu",
+               fix: str = "restore the file or retrain") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data, never code.
+
+    Every failure is a :class:`CheckpointError` ending with ``fix``; a file that asks to run
+    code is an :class:`UnsafeCheckpointError`.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} refused: it holds objects other than tensors and plain data "
-            f"({str(exc).strip().splitlines()[0][:160]}); only load files you trust"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
-            f"resume from {PREVIOUS} or retrain"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a mutualnet checkpoint (no model state)")
+        code = re.search(r"GLOBAL (\S+)", str(exc))
+        if code:
+            raise UnsafeCheckpointError(
+                f"checkpoint {path} asks to run code when loaded ({code[1]}); refusing to load "
+                f"it, as a checkpoint holds only tensors and plain data: do not use this file"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or holds more than tensors and "
+                              f"plain data ({_reason(exc)}); refusing to load it: {fix}") from None
+    except Exception as exc:  # damaged files raise almost any type from the zip or pickle layer
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_reason(exc)}); "
+                              f"{fix}") from None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A mutualnet checkpoint read with :func:`torch_load`, its model state checked."""
+    state = torch_load(path, map_location)
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise CheckpointError(f"{path} is not a mutualnet checkpoint (no model state of "
+                              f"tensors); restore the file or retrain")
     return state
 
 
+def _check_resumable(state: dict[str, Any], path: Path) -> None:
+    """Training needs the optimizer, RNG and step besides the weights."""
+    missing = [key for key in _RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}, so training cannot resume "
+                              f"from it; restore the file or retrain")
+    rng, step = state["rng"], state["step"]
+    whole = (isinstance(state["optimizer"], dict) and isinstance(rng, dict)
+             and isinstance(rng.get("torch"), torch.Tensor) and "python" in rng
+             and isinstance(step, int) and step >= 0)
+    if not whole:
+        raise CheckpointError(f"{path} holds a damaged training state, so training cannot "
+                              f"resume from it; restore the file or retrain")
+
+
 def resume_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The newest readable checkpoint of a run (falling back to the previous one)."""
+    """The newest readable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt``.
+
+    The fallback covers a crash while ``checkpoint.pt`` was replaced; a file that asks to run
+    code is refused outright instead, as it was put there by someone, not by a crash.
+    """
     run_dir = Path(run_dir)
     errors = []
     for name in (CHECKPOINT, PREVIOUS):
@@ -107,12 +185,50 @@ def resume_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -
         if not path.exists():
             continue
         try:
-            return load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
+            _check_resumable(state, path)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as exc:
             errors.append(str(exc))
+            continue
+        if errors:
+            log.warning("%s; resuming from %s instead", errors[0].split("; ")[0], name)
+        return state
+    if len(errors) > 1:
+        raise CheckpointError(f"cannot resume {run_dir}: neither {CHECKPOINT} nor {PREVIOUS} "
+                              f"can be used ({errors[0].split('; ')[0]}); restore one or retrain")
     if errors:
-        raise CheckpointError(errors[0])
+        raise CheckpointError(f"cannot resume {run_dir}: {errors[0]}")
     raise CheckpointError(f"no checkpoint to resume in {run_dir}; train without --resume first")
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` strictly; weights of another architecture, width range or
+    class count are a :class:`CheckpointError` naming the first difference, not a traceback."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".calibrated." not in k}
+    have = {k: tuple(v.shape) for k, v in state.items() if ".calibrated." not in k}
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    resized = [k for k in want if k in have and have[k] != want[k]]
+    problems = []
+    if missing:
+        problems.append(f"lack {len(missing)} of its tensors (first: {missing[0]})")
+    if extra:
+        problems.append(f"hold {len(extra)} tensors it has not (first: {extra[0]})")
+    if resized:
+        key = resized[0]
+        problems.append(f"hold {key} of shape {have[key]} where it needs {want[key]}")
+    name = type(model).__name__
+    if problems:
+        raise CheckpointError(f"{source} do not fit the {name} of this run: they "
+                              f"{'; they '.join(problems)}; restore the run's own files or "
+                              f"retrain")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, MutualNetError) as exc:
+        raise CheckpointError(f"{source} do not fit the {name} of this run ({_reason(exc)}); "
+                              f"restore the run's own files or retrain") from None
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -124,6 +240,7 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a safetensors file (a format that cannot hold code)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -134,5 +251,9 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             meta = json.loads((f.metadata() or {}).get("mutualnet", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"weights file {path} is corrupt ({type(exc).__name__})") from None
+        raise CheckpointError(f"weights file {path} is corrupt ({_reason(exc)}); restore the "
+                              f"file or retrain") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"weights file {path} has damaged metadata; restore the file or "
+                              f"retrain")
     return tensors, meta

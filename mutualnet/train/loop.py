@@ -25,13 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, config_from_dict, config_to_dict
-from ..errors import ConfigError, MutualNetError
+from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
 from ..models import create_model
 from ..nn.model import SlimmableModel
 from ..space import Space, to_config
 from ..tasks import ClassificationTask
-from .checkpoint import WEIGHTS, resume_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint,
+                         save_weights)
 from .distributed import Distributed, resolve_device
 from .log import RunLog
 from .optim import build_optimizer, lr_at
@@ -226,11 +227,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         step = 0
         if resume:
             state = resume_checkpoint(run_dir, map_location=device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
+            load_model_state(model, state["model"], f"the weights in the checkpoint of {run_dir}")
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+                if scaler is not None and state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"the training state in the checkpoint of {run_dir} is "
+                                      f"damaged ({type(exc).__name__}); restore it or "
+                                      f"retrain") from None
             step = int(state["step"])
             log.info("resumed %s at step %d", run_dir, step)
 

@@ -1,0 +1,65 @@
+"""Inference latency of one configuration: the extracted static sub-network against a natively
+built static model of identical shape, the slimmable model at that width, and the ONNX Runtime
+export; batch 1 and batch 32, interleaved rounds, median.
+
+Usage: python bench/inference.py [--model mobilenet_v2] [--width 0.5] [--resolution 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import emit, interleaved
+
+from mutualnet import create_model
+from mutualnet.export import fold_batchnorm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--resolution", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    w, r = args.width, args.resolution
+    slim = create_model(args.model, width_range=(0.25, 1.0)).eval()
+    slim.set_config(w, r)
+    extracted = slim.subnet(w, r).eval()
+    native = create_model(args.model, width_range=(w, w)).subnet(w).eval()
+    results = []
+    import onnxruntime as ort
+
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, r, r)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            torch.onnx.export(fold_batchnorm(slim.subnet(w, r).eval()), (x,), str(path),
+                              input_names=["images"], dynamo=False)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            feed = {"images": x.numpy()}
+            with torch.inference_mode():
+                t = interleaved({
+                    "extracted": lambda: extracted(x),
+                    "native": lambda: native(x),
+                    "slimmable": lambda: slim(x),
+                    "onnxruntime": lambda: session.run(None, feed),
+                }, rounds=args.rounds if batch == 1 else max(5, args.rounds // 3), warmup=3,
+                    device=device)
+        row = {"batch": batch, **{f"{k}_ms": round(v * 1000, 3) for k, v in t.items()},
+               "extracted_over_native": round(t["extracted"] / t["native"], 3),
+               "slimmable_over_native": round(t["slimmable"] / t["native"], 3),
+               "onnxruntime_over_native": round(t["onnxruntime"] / t["native"], 3)}
+        print(row, flush=True)
+        results.append(row)
+    emit({"benchmark": "inference", "model": args.model, "width": w, "resolution": r,
+          "results": results, "targets": {"extracted_over_native": 1.03}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,732 @@
+"""Reliability and security, driven through the command line as a user would.
+
+* Bad input of every kind (damaged data, bad options, recipes with typos, configurations
+  outside the trained range, damaged or foreign checkpoints, unwritable outputs, missing run
+  directories) ends with exit code 2 and exactly one line on stderr naming the problem and the
+  fix, and leaves every file of an existing run byte-identical.
+* Training killed at random points resumes to the same weights as an uninterrupted run; a
+  crash while a checkpoint is written leaves a whole one; SIGINT saves a checkpoint.
+* Checkpoints that would run code when loaded are refused, and the code never runs.
+* A non-finite loss stops the run naming the step and configuration, with the last checkpoint
+  untouched, or is skipped with ``train.skip_nonfinite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mutualnet.config import load_config
+from mutualnet.errors import ConfigError
+from mutualnet.train import train
+from mutualnet.train.checkpoint import (load_checkpoint, load_weights, resume_checkpoint,
+                                        save_checkpoint, save_weights)
+
+from test_data import (cifar_batch, make_image_folder, tiny_idx_arrays, write_cifar10,
+                       write_idx_folder, write_png)
+from test_train import tiny, tiny_yaml
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+# One thread per process: the tiny models gain nothing from more, a busy machine makes more
+# much slower, and every process then computes bit for bit alike.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mutualnet", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """In-process work with one thread, as the CLI processes have."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit code 2 and exactly one line on stderr, containing every needle."""
+    assert proc.returncode == 2, f"exit code {proc.returncode}: {proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def fails_without_damage(run: Path, *args, needles: tuple[str, ...]) -> str:
+    """Run a command that must fail cleanly and leave ``run`` byte-identical."""
+    before = snapshot(run)
+    line = one_line_error(cli(*args), *needles)
+    assert snapshot(run) == before, "the failing command changed files of the run"
+    return line
+
+
+def stray_files(run: Path) -> list[str]:
+    """Temporary files of interrupted writes."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+
+
+def command_id(value) -> str | None:
+    """Test ids that read like the command line."""
+    return re.sub(r"\{(\w+)\}", r"\1", " ".join(value)) if isinstance(value, list) else None
+
+
+def read_log(run: Path) -> list[dict]:
+    path = run / "log.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert sa["step"] == sb["step"]
+    assert sa["model"].keys() == sb["model"].keys()
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), key
+
+
+class Evil:
+    """Unpickling this runs ``touch marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny trained and evaluated run on IDX files (3 classes, 12x12 grey images)
+
+
+@pytest.fixture(scope="module")
+def idx_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("idx") / "data"
+    write_idx_folder(root, tiny_idx_arrays(n_train=48, n_val=16, h=12, w=12, classes=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, idx_data) -> str:
+    return tiny_yaml(tmp_path_factory.mktemp("recipe"), "data.format=idx",
+                     f"data.root={idx_data}", "train.batch_size=8", "train.validate=false",
+                     "train.checkpoint_every=1", "train.max_steps=2")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, recipe) -> Path:
+    """config.yaml, checkpoint.pt (step 2), checkpoint.prev.pt (step 1), model.safetensors
+    with calibrated statistics, log.jsonl, and the grid of 2 widths x 2 resolutions."""
+    from mutualnet.evaluate import evaluate_run
+    from mutualnet.run import load_run
+    from mutualnet.space import Config
+
+    path = tmp_path_factory.mktemp("run") / "run"
+    configs = [Config(w, r) for w in (0.5, 1.0) for r in (12, 16)]
+    with one_thread():
+        train(load_config(recipe), path)
+        evaluate_run(load_run(path), configs, batch_size=16, calibration_batches=1,
+                     progress=False)
+    return path
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A directory this process cannot create files in: read-only for a normal user; root
+    writes anywhere but in sysfs."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("running as root without sysfs: no directory is read-only")
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.fixture
+def run_copy(run, tmp_path) -> Path:
+    """A copy of the run to damage."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. bad input: damaged datasets
+
+
+def _damaged_data(kind: str, root: Path) -> tuple[list[str], str]:
+    """A dataset on disk with one defect; the overrides that select it and the message part."""
+    idx = tiny_idx_arrays(n_train=48, n_val=16, h=12, w=12, classes=3)
+    if kind.startswith("idx"):
+        write_idx_folder(root, idx)
+        images, labels = root / "train-images-idx3-ubyte", root / "t10k-labels-idx1-ubyte"
+        if kind == "idx-wrong-magic":
+            images.write_bytes(b"\x00\x00\x08\x07" + images.read_bytes()[4:])
+            needle = "is not an IDX images file: magic number 0x00000807"
+        elif kind == "idx-truncated":
+            images.write_bytes(images.read_bytes()[:-5])
+            needle = "is truncated"
+        elif kind == "idx-too-long":
+            labels.write_bytes(labels.read_bytes() + b"\x00\x01")
+            needle = "is longer than its header declares"
+        else:
+            labels.unlink()
+            needle = "lacks t10k-labels-idx1-ubyte"
+        return ["data.format=idx"], needle
+    if kind == "fashion-mnist-label-out-of-range":
+        idx["train-labels-idx1-ubyte"][5] = 12
+        write_idx_folder(root, idx, gz=True)
+        return ["data.format=fashion_mnist"], "holds label 12, outside 0..9"
+    if kind.startswith("cifar"):
+        if kind == "cifar-missing":
+            root.mkdir()
+            return ["data.format=cifar10"], "CIFAR-10 not found"
+        write_cifar10(root)
+        if kind == "cifar-not-a-pickle":
+            (root / "test_batch").write_bytes(b"\x80\x02this is not a pickle")
+            return ["data.format=cifar10"], "test_batch is not a valid pickle"
+        batch = cifar_batch(3, 10, "labels", 0)
+        if kind == "cifar-wrong-shape":
+            batch[b"data"] = batch[b"data"][:, :1000]
+            needle = "'data' must be a uint8 array of shape (N, 3072)"
+        else:
+            batch[b"labels"] = [0, 10, 1]
+            needle = "label 10 is outside 0..9"
+        (root / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+        return ["data.format=cifar10"], needle
+    # image folders: every train image lands in the one batch, loaded by two worker processes
+    make_image_folder(root, classes=("a", "b", "c"), per_class=4)
+    bad = root / "train" / "b" / "bad.png"
+    if kind == "folder-not-an-image":
+        bad.write_text("just text")
+    else:
+        bad.symlink_to(root / "nowhere.png")  # unreadable, whoever runs the test
+    return (["data.format=image_folder", "data.num_workers=2", "train.batch_size=13"],
+            f"cannot read image {bad}")
+
+
+@pytest.mark.parametrize("kind", [
+    "idx-wrong-magic", "idx-truncated", "idx-too-long", "idx-missing-file",
+    "fashion-mnist-label-out-of-range", "cifar-wrong-shape", "cifar-label-out-of-range",
+    "cifar-not-a-pickle", "cifar-missing", "folder-not-an-image", "folder-unreadable-file",
+])
+def test_a_damaged_dataset_is_one_line(tmp_path, recipe, kind):
+    keys, needle = _damaged_data(kind, tmp_path / "data")
+    out = tmp_path / "out"
+    sets = [a for key in keys for a in ("--set", key)]
+    line = one_line_error(cli("train", recipe, "--out", out, "--data", tmp_path / "data", *sets),
+                          needle)
+    assert any(fix in line for fix in ("--data", "fetch it again", "get a clean copy",
+                                       "skip_bad_files", "data.format", "CIFAR variant"))
+    if kind.startswith("folder"):  # raised in a loader worker: its traceback is cut away
+        assert line.startswith(f"error: {needle}")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=4)
+    bad = [root / "train" / "a" / "notes.txt", root / "train" / "b" / "cut.png",
+           root / "val" / "c" / "gone.jpg"]
+    bad[0].write_text("not an image")
+    write_png(bad[1])
+    bad[1].write_bytes(bad[1].read_bytes()[:40])
+    bad[2].symlink_to(root / "nowhere.jpg")
+    out = tmp_path / "out"
+    proc = cli("train", recipe, "--out", out, "--data", root, "--set", "data.format=image_folder",
+               "--set", "data.skip_bad_files=true", "--set", "data.num_workers=2",
+               "--set", "train.batch_size=6", "--set", "train.validate=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 2 unreadable file(s)" in proc.stderr and "skipped 1 unreadable" in proc.stderr
+    for path in bad:
+        assert str(path) in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["validation"] is not None
+    assert (out / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. bad input: options and recipes
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "model.name=nope"], "unknown model 'nope'; available models: "),
+    (["--set", "model.options={foo: 1}"], "model 'mobilenet_v2' has no option 'foo'"),
+    (["--set", "optim.lrr=1"], "unknown config key 'optim.lrr'; did you mean 'lr'?"),
+    (["--set", "optim.lr=.nan"], "optim.lr must be a finite number"),
+    (["--set", "space.resolutions=[4]"], "at least 8 pixels"),
+    (["--set", "model.options={1: 2}"], "model.options must have names as keys"),
+    (["--device", "tpu9"], "unknown device 'tpu9'"),
+    (["--set", "model.options.dropout=2"], "dropout"),
+], ids=command_id)
+def test_a_bad_option_is_one_line(tmp_path, recipe, args, needle):
+    out = tmp_path / "out"
+    one_line_error(cli("train", recipe, "--out", out, *args), needle)
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("trian:\n  epochs: 2\n", "unknown config key 'trian'; did you mean 'train'?"),
+    ("train:\n  epoch: 2\n", "unknown config key 'train.epoch'; did you mean 'epochs'?"),
+    ("train:\n  epochs: two\n", "train.epochs must be int, got 'two'"),
+    ("space:\n  width_range: 0.5\n", "space.width_range must be a list, got 0.5"),
+    ("optim:\n  lr: [0.1\n", "is not valid YAML (line"),
+    ("- just\n- a list\n", "must hold a mapping of sections"),
+])
+def test_a_recipe_with_a_typo_is_one_line(tmp_path, text, needle):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    one_line_error(cli("train", path, "--out", tmp_path / "out"), needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.log_every=0", "train.log_every must be at least 1"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every must be 0 or more"),
+    ("train.distill_temperature=0", "train.distill_temperature must be positive"),
+    ("train.seed=99999999999999999999", "train.seed must fit in 64 bits"),
+    ("optim.momentum=-0.9", "optim.momentum must be 0 or more"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be 0 or more"),
+    ("optim.label_smoothing=1", "optim.label_smoothing must be at least 0 and below 1"),
+    ("optim.warmup_start_factor=2", "optim.warmup_start_factor must be between 0 and 1"),
+    ("optim.lr=1e999", "optim.lr must be a finite number"),
+    ("data.shift=-2", "data.shift must be 0 or more"),
+    ("data.crop_scale=[0.5, 0.1]", "data.crop_scale must satisfy 0 < lo <= hi"),
+    ("data.eval_crop_ratio=1.5", "data.eval_crop_ratio must be in (0, 1]"),
+])
+def test_values_that_would_fail_deep_inside_training_are_refused_up_front(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        tiny(override)
+
+
+def test_an_empty_recipe_section_means_the_defaults(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim:\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path, ["optim.lr=0.2"])
+    assert cfg.optim.lr == 0.2 and cfg.optim.momentum == 0.9 and cfg.train.epochs == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. bad input: configurations outside the trained range, budgets, data that moved
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["calibrate", "{run}", "--widths", "5"], "width 5 is outside the trained range [0.5, 1]"),
+    (["evaluate", "{run}", "--widths", "5"], "width 5 is outside the trained range"),
+    (["export", "{run}", "--width", "5", "--resolution", "16", "--format", "onnx", "-o",
+      "{tmp}/m.onnx"], "width 5 is outside the trained range"),
+    (["calibrate", "{run}", "--resolutions", "0"], "resolution 0 is too small: give at least 8"),
+    (["evaluate", "{run}", "--resolutions", "-4"], "resolution -4 is too small"),
+    (["export", "{run}", "--width", "1", "--resolution", "0", "--format", "safetensors", "-o",
+      "{tmp}/m.safetensors"], "trained at 12, 16"),
+    (["select", "{run}", "--max-mmacs", "-1"], "the budget must be a positive number"),
+    (["select", "{run}", "--max-mmacs", "0.000001"], "no configuration fits"),
+    (["select", "{run}", "--max-latency-ms", "5"], "run `mutualnet evaluate RUN --latency`"),
+    (["evaluate", "{run}", "--data", "{more_classes}"], "does not fit the model (3 classes"),
+    (["calibrate", "{run}", "--data", "{tmp}/moved"], "does not exist"),
+    (["evaluate", "{run}", "--widths", "1", "--data", "{truncated}"], "is truncated"),
+    (["evaluate", "{run}", "--width-step", "0"], "--width-step"),
+    (["evaluate", "{run}", "--widths", "1", "--batch-size", "-5"], "--batch-size"),
+], ids=command_id)
+def test_out_of_range_requests_are_one_line_and_change_nothing(tmp_path, run, args, needle):
+    more_classes, truncated = tmp_path / "more-classes", tmp_path / "truncated"
+    write_idx_folder(more_classes, tiny_idx_arrays(n_train=8, n_val=8, h=12, w=12, classes=8))
+    write_idx_folder(truncated, tiny_idx_arrays(n_train=8, n_val=8, h=12, w=12, classes=3))
+    cut = truncated / "t10k-images-idx3-ubyte"
+    cut.write_bytes(cut.read_bytes()[:-3])
+    values = {"run": run, "tmp": tmp_path, "more_classes": more_classes, "truncated": truncated}
+    fails_without_damage(run, *[a.format(**values) for a in args], needles=(needle,))
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "{missing}"], ["calibrate", "{missing}"], ["select", "{missing}", "--max-mmacs",
+                                                            "5"],
+    ["export", "{missing}", "--width", "1", "--resolution", "16", "--format", "onnx", "-o",
+     "{tmp}/m.onnx"],
+    ["evaluate", "{empty}"],
+    ["train", "{recipe}", "--out", "{missing}", "--resume"],
+], ids=command_id)
+def test_a_run_directory_that_does_not_exist_is_one_line(tmp_path, recipe, command):
+    (tmp_path / "empty").mkdir()
+    values = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "tmp": tmp_path,
+              "recipe": recipe}
+    line = one_line_error(cli(*[a.format(**values) for a in command]))
+    assert any(s in line for s in ("does not exist", "not a run directory", "holds no run"))
+    assert not (tmp_path / "nope").exists() and not any((tmp_path / "empty").iterdir())
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ([], "already holds a run; pass --resume"),
+    (["--resume", "--set", "optim.lr=0.3"], "with a different config (optim.lr)"),
+])
+def test_an_existing_run_is_never_overwritten_or_resumed_differently(run, extra, needle):
+    fails_without_damage(run, "train", run / "config.yaml", "--out", run, *extra,
+                         needles=(needle,))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. bad input: damaged checkpoints and weights of another model
+
+
+def _other_model_state():
+    from mutualnet import create_model
+
+    other = create_model("resnet18", num_classes=3, in_chans=1, width_range=(0.5, 1.0),
+                         small_input=True)
+    return other.state_dict()
+
+
+def _damage(run: Path, kind: str) -> None:
+    weights, checkpoint = run / "model.safetensors", run / "checkpoint.pt"
+    if kind == "weights-truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif kind == "weights-garbled":
+        data = bytearray(weights.read_bytes())
+        data[8:40] = b"#" * 32  # inside the JSON header
+        weights.write_bytes(bytes(data))
+    elif kind == "weights-of-another-model":
+        _, meta = load_weights(weights)
+        save_weights(weights, _other_model_state(), meta)
+    elif kind == "weights-of-another-run":
+        _, meta = load_weights(weights)
+        save_weights(weights, _other_model_state(),
+                     {**meta, "model": "resnet18", "options": {"small_input": True}})
+    elif kind == "checkpoint-truncated":
+        weights.unlink()
+        checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+    elif kind == "checkpoint-garbled":  # inside the pickle, the zip's first member
+        weights.unlink()
+        data = bytearray(checkpoint.read_bytes())
+        data[300:364] = random.Random(0).randbytes(64)
+        checkpoint.write_bytes(bytes(data))
+    elif kind == "checkpoints-truncated":
+        for path in (checkpoint, run / "checkpoint.prev.pt"):
+            path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif kind == "checkpoint-without-training-state":
+        (run / "checkpoint.prev.pt").unlink()
+        state = load_checkpoint(checkpoint)
+        torch.save({"model": state["model"]}, checkpoint)
+    elif kind == "checkpoint-of-another-model":
+        for path in (checkpoint, run / "checkpoint.prev.pt"):
+            state = load_checkpoint(path)
+            state["model"] = _other_model_state()
+            state["meta"] = {**state["meta"], "model": "resnet18"}
+            torch.save(state, path)
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,command,needle", [
+    ("weights-truncated", "evaluate", "model.safetensors is corrupt"),
+    ("weights-garbled", "evaluate", "model.safetensors is corrupt"),
+    ("weights-of-another-model", "evaluate", "do not fit the MobileNetV2 of this run"),
+    ("weights-of-another-run", "export", "holds a resnet18 but config.yaml beside it describes "
+                                         "mobilenet_v2"),
+    ("checkpoint-truncated", "evaluate", "checkpoint.pt is corrupt or truncated"),
+    ("checkpoint-garbled", "evaluate", "checkpoint.pt is corrupt"),
+    ("checkpoints-truncated", "resume", "cannot resume"),
+    ("checkpoint-without-training-state", "resume", "lacks optimizer, rng, step"),
+    ("checkpoint-of-another-model", "resume", "do not fit"),
+])
+def test_a_damaged_or_foreign_checkpoint_is_one_line_and_changes_nothing(
+        tmp_path, run_copy, kind, command, needle):
+    _damage(run_copy, kind)
+    args = {
+        "evaluate": ["evaluate", run_copy, "--widths", "1", "--resolutions", "16"],
+        "export": ["export", run_copy, "--width", "1", "--resolution", "16", "--format",
+                   "safetensors", "-o", tmp_path / "m.safetensors"],
+        "resume": ["train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+                   "--max-steps", "4"],
+    }[command]
+    line = fails_without_damage(run_copy, *args, needles=(needle,))
+    assert any(fix in line for fix in ("restore", "retrain"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. bad input: outputs that cannot be written
+
+
+@pytest.mark.parametrize("where", ["{file}/run", "{file}", "{unwritable}/mutualnet-run"])
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path, recipe, unwritable,
+                                                            where):
+    (tmp_path / "a-file").write_text("x")
+    out = Path(where.format(file=tmp_path / "a-file", unwritable=unwritable))
+    one_line_error(cli("train", recipe, "--out", out), "cannot create run directory",
+                   "choose a writable --out")
+    assert (tmp_path / "a-file").read_text() == "x" and not out.is_dir()
+
+
+@pytest.mark.parametrize("output,needle", [
+    ("{tmp}/missing/m.onnx", "does not exist; create it or choose another -o"),
+    ("{tmp}/a-file/m.onnx", "is a file, not a directory"),
+    ("{tmp}", "it is a directory; give a file name"),
+    ("{unwritable}/m.onnx", "choose a writable -o"),
+])
+def test_an_export_that_cannot_be_written_is_one_line_and_changes_nothing(tmp_path, run,
+                                                                          unwritable, output,
+                                                                          needle):
+    (tmp_path / "a-file").write_text("x")
+    out = output.format(tmp=tmp_path, unwritable=unwritable)
+    fails_without_damage(run, "export", run, "--width", "0.5", "--resolution", "12", "--format",
+                         "onnx", "-o", out, needles=(needle,))
+    assert not Path(out).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. interruptions
+
+
+STEPS = 24
+KILL_RECIPE = ("train.validate=false", "train.checkpoint_every=1", "train.log_every=1",
+               "train.batch_size=16", f"train.max_steps={STEPS}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[str, Path]:
+    """The recipe of the interruption tests and the run it gives without interruption (both
+    through the CLI, so every process computes with the same threads)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    recipe = tiny_yaml(folder, *KILL_RECIPE)
+    proc = cli("train", recipe, "--out", folder / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return recipe, folder / "run"
+
+
+def logged_lines(run: Path) -> int:
+    path = run / "log.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def step_seconds(run: Path) -> float:
+    """The mean time of one training step of a finished run, from its log."""
+    times = [r["time"] for r in read_log(run) if r["kind"] == "train"]
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def _train_until_killed(recipe: str, run: Path, resume: bool, lines: int, delay: float) -> bool:
+    """Start training, SIGKILL it once log.jsonl holds ``lines`` lines and ``delay`` seconds
+    more have passed; False if it finished first."""
+    cmd = [sys.executable, "-m", "mutualnet", "train", recipe, "--out", str(run)]
+    proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 180
+    while proc.poll() is None and logged_lines(run) < lines and time.time() < deadline:
+        time.sleep(0.001)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    return True
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_same_weights(tmp_path, uninterrupted):
+    recipe, reference = uninterrupted
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    step = step_seconds(reference)
+    kills = 0
+    for trial in range(3):
+        # the first kill waits for step 2's log line: step 1's checkpoint is then on disk;
+        # the delay puts the kill anywhere in a step (a checkpoint is written at every step)
+        lines = logged_lines(run) + (rng.randint(1, 3) if trial else rng.randint(2, 4))
+        kills += _train_until_killed(recipe, run, resume=trial > 0, lines=lines,
+                                     delay=rng.uniform(0.0, 1.5) * step)
+    assert kills == 3, "training finished before it could be killed three times"
+    assert load_checkpoint(run / "checkpoint.pt")["step"] < STEPS
+    proc = cli("train", recipe, "--out", run, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(reference, run)
+    assert not stray_files(run)
+    tensors, _ = load_weights(run / "model.safetensors")
+    expected, _ = load_weights(reference / "model.safetensors")
+    assert all(torch.equal(expected[k], v) for k, v in tensors.items())
+
+
+def test_a_checkpoint_torn_by_a_crash_is_replaced_by_the_previous_one(tmp_path, uninterrupted):
+    recipe, reference = uninterrupted
+    run = tmp_path / "run"
+    assert cli("train", recipe, "--out", run, "--max-steps", "2").returncode == 0
+    previous = load_checkpoint(run / "checkpoint.prev.pt")["step"]
+    good = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(good[: len(good) // 3])
+    (run / ".checkpoint.pt.new").write_bytes(good[: len(good) // 2])
+    (run / "..checkpoint.pt.new.tmp-999999").write_bytes(good[:100])
+    proc = cli("train", recipe, "--out", run, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from checkpoint.prev.pt instead" in proc.stderr
+    assert f"at step {previous}\n" in proc.stderr
+    assert_same_weights(reference, run)
+    load_checkpoint(run / "checkpoint.prev.pt")  # the torn file never became the previous one
+    assert not stray_files(run)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing after it runs, no handler catches it."""
+
+
+def test_a_crash_at_any_instant_of_a_save_leaves_a_whole_checkpoint(tmp_path, monkeypatch):
+    """Every file-system call of ``save_checkpoint`` in turn is where the process dies."""
+    import types
+
+    from mutualnet.train import checkpoint as module
+
+    def state(step: int) -> dict:
+        return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {},
+                "rng": {"torch": torch.get_rng_state(), "python": None}, "step": step}
+
+    calls: list[str] = []
+    crash_at: list[int] = [-1]
+
+    def counted(name: str):
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):
+            if len(calls) == crash_at[0]:
+                raise Crash(name)
+            calls.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    fake_os = types.SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if not n.startswith("_")})
+    for name in ("fsync", "replace", "link"):
+        setattr(fake_os, name, counted(name))
+    monkeypatch.setattr(module, "os", fake_os)
+
+    def fresh(folder: Path) -> Path:
+        folder.mkdir()
+        save_checkpoint(folder, state(1))
+        save_checkpoint(folder, state(2))
+        calls.clear()
+        return folder
+
+    save_checkpoint(fresh(tmp_path / "count"), state(3))
+    points = len(calls)
+    assert {"fsync", "replace", "link"} <= set(calls)
+    for point in range(points):
+        folder = fresh(tmp_path / f"crash{point}")
+        crash_at[0] = point
+        with pytest.raises(Crash):
+            save_checkpoint(folder, state(3))
+        crash_at[0] = -1
+        assert load_checkpoint(folder / "checkpoint.pt")["step"] in (2, 3), calls
+        assert load_checkpoint(folder / "checkpoint.prev.pt")["step"] in (1, 2), calls
+        assert resume_checkpoint(folder)["step"] in (2, 3)
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
+    recipe = tiny_yaml(tmp_path, "train.epochs=50", "train.validate=false", "train.log_every=1")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mutualnet", "train", recipe, "--out",
+                             str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.jsonl").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGINT" in lines[0], err
+    assert "continue with --resume" in lines[0]
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert f"at step {step};" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. files that would run code
+
+
+@pytest.mark.parametrize("layout", ["torch-zip", "bare-pickle"])
+@pytest.mark.parametrize("command", ["resume", "evaluate"])
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, run_copy, layout, command):
+    marker = tmp_path / "MARKER"
+    path = run_copy / "checkpoint.pt"
+    if layout == "torch-zip":
+        state = load_checkpoint(path)
+        state["meta"]["note"] = Evil(marker)
+        torch.save(state, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": Evil(marker)}, protocol=2))
+    if command == "evaluate":
+        (run_copy / "model.safetensors").unlink()
+        args = ["evaluate", run_copy]
+    else:  # a good checkpoint.prev.pt is there, and must not be taken instead
+        args = ["train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+                "--max-steps", "4"]
+    fails_without_damage(run_copy, *args,
+                         needles=("checkpoint.pt asks to run code when loaded", "system",
+                                  "refusing to load it"))
+    assert not marker.exists()
+
+
+def test_an_official_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "official.pt"
+    torch.save({"model": {"classifier.0.weight": Evil(marker)}}, evil)
+    one_line_error(cli("convert-official", evil, "--arch", "mobilenet_v1", "-o", tmp_path / "r"),
+                   "asks to run code when loaded", "refusing to load it")
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. numerical faults
+
+
+def test_a_non_finite_loss_stops_and_leaves_the_last_checkpoint_intact(tmp_path):
+    recipe = tiny_yaml(tmp_path, "optim.lr=1e30", "train.checkpoint_every=1",
+                       "train.validate=false", "train.max_steps=6")
+    run = tmp_path / "run"
+    line = one_line_error(cli("train", recipe, "--out", run), "non-finite loss at step",
+                          "lower optim.lr")
+    found = re.search(r"at step (\d+) in configuration width=[\d.]+ resolution=\d+", line)
+    assert found, line
+    step = int(found[1])
+    last = load_checkpoint(run / "checkpoint.pt")
+    assert last["step"] == step  # saved after the step before the fault, and sound
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    # resuming repeats the fault at the same step, and nothing of the run changes
+    before = snapshot(run)
+    proc = cli("train", recipe, "--out", run, "--resume")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"resumed {run} at step {step}", line]
+    assert snapshot(run) == before
+
+
+def test_skip_nonfinite_skips_such_steps_and_finishes(tmp_path):
+    recipe = tiny_yaml(tmp_path, "optim.lr=1e30", "train.skip_nonfinite=true",
+                       "train.validate=false", "train.max_steps=5")
+    proc = cli("train", recipe, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step skipped (train.skip_nonfinite)" in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 5
+    assert (tmp_path / "run" / "model.safetensors").is_file()

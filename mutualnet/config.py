@@ -332,7 +332,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; give the path of a YAML recipe "
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}; give the path of a YAML recipe "
                               f"(e.g. configs/fashion_mnist.yaml)")
         try:
             text = path.read_text()

@@ -111,7 +111,8 @@ def evaluate_run(
     if run.meta.get("needs_calibration"):
         raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
                           f"run `mutualnet calibrate {run.path}` first")
-    missing = [c for c in configs if not run.is_calibrated(c)]
+    calibrated = run.calibrated_keys()  # one pass over the BN layers, not one per config
+    missing = [c for c in configs if c.key not in calibrated]
     if missing:
         calibrate_run(run, missing, batches=calibration_batches, progress=progress)
     cfg = run.config

@@ -230,17 +230,22 @@ def test_random_nested_dicts_give_a_config_or_a_config_error(data):
     _valid_config_round_trips(cfg)
 
 
-@FUZZ
-@given(text=st.one_of(st.text(max_size=200), _RECIPES.map(yaml.safe_dump)))
-def test_random_yaml_text_gives_a_config_or_a_config_error(scratch, text):
-    path = scratch / "recipe.yaml"
-    path.write_text(text)
+def _load_recipe_or_config_error(path) -> None:
+    """A recipe file either loads into a valid config or fails with one clean line."""
     try:
         cfg = load_config(path)
     except ConfigError as exc:
         one_line(exc)
         return
     _valid_config_round_trips(cfg)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=200), _RECIPES.map(yaml.safe_dump)))
+def test_random_yaml_text_gives_a_config_or_a_config_error(scratch, text):
+    path = scratch / "recipe.yaml"
+    path.write_text(text)
+    _load_recipe_or_config_error(path)
 
 
 @FUZZ
@@ -248,12 +253,7 @@ def test_random_yaml_text_gives_a_config_or_a_config_error(scratch, text):
 def test_random_bytes_give_a_config_or_a_config_error(scratch, data):
     path = scratch / "recipe.yaml"
     path.write_bytes(data)
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        one_line(exc)
-        return
-    _valid_config_round_trips(cfg)
+    _load_recipe_or_config_error(path)
 
 
 _OVERRIDE_KEYS = st.one_of(

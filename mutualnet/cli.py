@@ -178,8 +178,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     out = args.out or f"runs/reproduce-{args.preset}"
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     report = reproduce(args.preset, out, data=args.data, seeds=args.seeds, epochs=args.epochs,
-                       device=args.device)
+                       device=args.device, methods=methods, overrides=args.overrides)
     print(open(f"{out}/report.md").read(), end="")
     print(json.dumps({"report": f"{out}/report.md", "seconds": report["wall_seconds"]}))
     return 0
@@ -273,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--device")
+    p.add_argument("--methods", help="comma-separated subset of mutualnet,usnet,single,"
+                   "independent (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the shared recipe of every run, e.g. space.smallest_at_lowest=true")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
-from .config import config_to_dict, load_config
+from .config import MODES, config_from_dict, config_to_dict, load_config
 from .errors import ConfigError
 from .evaluate import evaluate_run
-from .run import load_run
+from .run import CONFIG_FILE, load_run
 from .select import mmacs_figure, save_mmacs_figure
 from .space import Config
 from .train import build_space, train
+from .train.loop import RESUMABLE_KEYS, _differing_keys
 from .train.checkpoint import WEIGHTS, atomic_write_bytes
 from .train.log import read_log
 
@@ -115,11 +116,14 @@ class _Job:
         return f"seed{self.seed}/independent_w{self.config.width:g}_r{self.config.resolution}"
 
 
-def _jobs(preset: Preset, seeds: int) -> list[_Job]:
+def _jobs(preset: Preset, seeds: int, methods: tuple[str, ...] = MODES) -> list[_Job]:
     jobs = []
     for seed in range(seeds):
         for method in ("mutualnet", "usnet", "single"):
-            jobs.append(_Job(seed, method, None, [f"train.mode={method}"]))
+            if method in methods:
+                jobs.append(_Job(seed, method, None, [f"train.mode={method}"]))
+        if "independent" not in methods:
+            continue
         for width, resolution in preset.budgets:
             jobs.append(_Job(seed, "independent", Config(width, resolution), [
                 "train.mode=independent", f"space.width_range=[{width}, {width}]",
@@ -127,10 +131,19 @@ def _jobs(preset: Preset, seeds: int) -> list[_Job]:
     return jobs
 
 
-def _finished(run_dir: Path) -> float | None:
-    """Training seconds of a finished run (None when it has to be trained)."""
+def _finished(run_dir: Path, cfg) -> float | None:
+    """Training seconds of a finished run of ``cfg`` (None when it has to be trained).
+
+    A finished run of another recipe (other epochs, overrides...) is never reused silently."""
     if not (run_dir / WEIGHTS).is_file():
         return None
+    import yaml
+
+    saved = config_from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})
+    differ = _differing_keys(config_to_dict(saved), config_to_dict(cfg)) - RESUMABLE_KEYS
+    if differ:
+        raise ConfigError(f"{run_dir} holds a finished run of a different recipe "
+                          f"({', '.join(sorted(differ))}); give another --out")
     done = [r for r in read_log(run_dir) if r.get("kind") == "done"]
     return float(done[-1]["seconds"]) if done else None
 
@@ -161,16 +174,25 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 def reproduce(
     preset_name: str, out: str | Path, data: str | None = None, seeds: int | None = None,
     epochs: int | None = None, device: str | None = None,
+    methods: tuple[str, ...] | None = None, overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate and evaluate every method and write ``report.md``, ``report.json`` and
     ``curves.png`` to ``out``. Finished runs found in ``out`` are reused, so an interrupted
-    reproduction continues where it stopped."""
+    reproduction continues where it stopped.
+
+    ``methods`` restricts the modes trained (e.g. to study MutualNet's recipe alone);
+    ``overrides`` (``key=value``) change the shared recipe of every run."""
     if preset_name not in PRESETS:
         raise ConfigError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
     seeds = preset.seeds if seeds is None else seeds
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+    methods = tuple(MODES) if methods is None else tuple(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in MODES]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from "
+                          f"{', '.join(MODES)}")
     out = Path(out)
     common = list(preset.overrides)
     if data is not None:
@@ -179,13 +201,14 @@ def reproduce(
         common.append(f"train.epochs={epochs}")
     if device is not None:
         common.append(f"train.device={device}")
+    common += list(overrides or [])
     load_config(None, common)  # a bad preset or override fails before any training
     started = time.time()
     results: dict[str, Any] = {}
-    for job in _jobs(preset, seeds):
+    for job in _jobs(preset, seeds, methods):
         run_dir = out / job.name
         cfg = load_config(None, common + job.overrides + [f"train.seed={job.seed}"])
-        seconds = _finished(run_dir)
+        seconds = _finished(run_dir, cfg)
         if seconds is None:
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # an unfinished run of an earlier, interrupted call
@@ -197,7 +220,7 @@ def reproduce(
         results[job.name] = {"seed": job.seed, "method": job.method, "seconds": seconds,
                              "rows": rows}
     report = _summarise(preset_name, preset, seeds, results,
-                        config_to_dict(load_config(None, common)))
+                        config_to_dict(load_config(None, common)), methods, run.meta)
     report["wall_seconds"] = round(time.time() - started, 1)
     _write_report(out, report)
     return report
@@ -209,7 +232,21 @@ def _device(cfg) -> torch.device:
     return resolve_device(cfg.train.device)
 
 
-def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dict) -> dict:
+def _budget_mmacs(preset: Preset, meta: dict) -> list[float]:
+    """MACs of each budget configuration, counted on the preset's network (the independent
+    networks have exactly these shapes)."""
+    from .macs import count_macs
+    from .models import create_model
+
+    widths = [w for w, _ in preset.budgets]
+    model = create_model(meta["model"], num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], width_range=(min(widths), max(widths)),
+                         **meta.get("options", {}))
+    return [round(count_macs(model, r, width=w)[0] / 1e6, 3) for w, r in preset.budgets]
+
+
+def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dict,
+               methods: tuple[str, ...], meta: dict) -> dict:
     by_seed: dict[int, dict[str, Any]] = {s: {"independent": {}} for s in range(seeds)}
     for entry in results.values():
         seed, method = entry["seed"], entry["method"]
@@ -218,11 +255,11 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
             by_seed[seed]["independent"][(row["width"], row["resolution"])] = entry
         else:
             by_seed[seed][method] = entry
+    compared = [m for m in METHODS if m in methods]
     budgets = []
-    for width, resolution in preset.budgets:
-        mmacs = by_seed[0]["independent"][(width, resolution)]["rows"][0]["mmacs"]
+    for (width, resolution), mmacs in zip(preset.budgets, _budget_mmacs(preset, meta)):
         line: dict[str, Any] = {"config": f"{width:g}-{resolution}", "mmacs": mmacs}
-        for method in METHODS:
+        for method in compared:
             values, chosen = [], []
             for seed in range(seeds):
                 if method == "independent":
@@ -236,27 +273,37 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
             line[method] = {"mean": mean, "std": std, "n": len(values), "configs": chosen}
         budgets.append(line)
     full = preset.budgets[0]
-    gains, single_acc, mutual_full = [], [], []
-    for seed in range(seeds):
-        single = by_seed[seed]["single"]["rows"][0]["top1"]
-        mutual = next(r["top1"] for r in by_seed[seed]["mutualnet"]["rows"]
-                      if r["width"] == full[0] and r["resolution"] == full[1])
-        single_acc.append(single)
-        mutual_full.append(mutual)
-        gains.append(mutual - single)
+    # the full network trained alone: `single`, or the independent run of the full
+    # configuration, which is the same training
+    alone = ("single" if "single" in methods else
+             "independent" if "independent" in methods else None)
+    single = None
+    if alone is not None and "mutualnet" in methods:
+        gains, single_acc, mutual_full = [], [], []
+        for seed in range(seeds):
+            entry = (by_seed[seed]["single"] if alone == "single"
+                     else by_seed[seed]["independent"][full])
+            mutual = next(r["top1"] for r in by_seed[seed]["mutualnet"]["rows"]
+                          if r["width"] == full[0] and r["resolution"] == full[1])
+            single_acc.append(entry["rows"][0]["top1"])
+            mutual_full.append(mutual)
+            gains.append(mutual - single_acc[-1])
+        single = {"full_config": f"{full[0]:g}-{full[1]}", "single_top1": _ms(single_acc),
+                  "mutualnet_full_top1": _ms(mutual_full), "gain": _ms(gains)}
     times = []
     for seed in range(seeds):
-        independent = sum(e["seconds"] for e in by_seed[seed]["independent"].values())
-        times.append({"seed": seed, "mutualnet_s": by_seed[seed]["mutualnet"]["seconds"],
-                      "usnet_s": by_seed[seed]["usnet"]["seconds"],
-                      "single_s": by_seed[seed]["single"]["seconds"],
-                      "independent_sum_s": round(independent, 1)})
+        t: dict[str, Any] = {"seed": seed}
+        for method in ("mutualnet", "usnet", "single"):
+            if method in methods:
+                t[f"{method}_s"] = by_seed[seed][method]["seconds"]
+        if "independent" in methods:
+            t["independent_sum_s"] = round(
+                sum(e["seconds"] for e in by_seed[seed]["independent"].values()), 1)
+        times.append(t)
     return {
         "preset": name, "description": preset.description, "seeds": seeds,
-        "recipe": recipe, "budgets": budgets,
-        "single": {"full_config": f"{full[0]:g}-{full[1]}",
-                   "single_top1": _ms(single_acc), "mutualnet_full_top1": _ms(mutual_full),
-                   "gain": _ms(gains)},
+        "methods": list(methods), "recipe": recipe, "budgets": budgets,
+        "single": single,
         "training_time": times,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -274,37 +321,52 @@ def _fmt(cell: dict) -> str:
     return "n/a" if cell["mean"] is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
 
+_NAMES = {"independent": "independent", "usnet": "US-Nets", "mutualnet": "MutualNet",
+          "single": "single"}
+
+
 def _markdown(report: dict) -> str:
-    s = report["single"]
+    compared = [m for m in METHODS if m in report["methods"]]
     lines = [
         f"# Reproduction: {report['preset']}",
         "",
-        f"{report['description']}. {report['seeds']} seeds; top-1 (%) mean ± std over seeds, "
-        f"all methods calibrated and evaluated the same way. MutualNet and US-Nets take their "
-        f"most accurate configuration within each budget (MACs of the independent network).",
+        f"{report['description']}. {_seeds(report['seeds'])}; top-1 (%) mean ± std over "
+        f"seeds, all methods calibrated and evaluated the same way. MutualNet and US-Nets take "
+        f"their most accurate configuration within each budget (MACs of the budget "
+        f"configuration).",
         "",
-        "| budget (MMACs) | independent config | independent | US-Nets | MutualNet |",
-        "|---|---|---|---|---|",
+        "| budget (MMACs) | budget config | " + " | ".join(_NAMES[m] for m in compared) + " |",
+        "|---|---|" + "---|" * len(compared),
     ]
     for b in report["budgets"]:
-        lines.append(f"| {b['mmacs']:.3f} | {b['config']} | {_fmt(b['independent'])} | "
-                     f"{_fmt(b['usnet'])} | {_fmt(b['mutualnet'])} |")
-    lines += [
-        "",
-        f"**Single network.** Full configuration {s['full_config']}: trained alone "
-        f"{_fmt(s['single_top1'])}, as part of MutualNet {_fmt(s['mutualnet_full_top1'])}; "
-        f"gain {_fmt(s['gain'])} points.",
-        "",
-        "**Training time** (seconds of training per run, this machine):",
-        "",
-        "| seed | MutualNet | US-Nets | single | independent (sum of "
-        f"{len(report['budgets'])}) | MutualNet / independent |",
-        "|---|---|---|---|---|---|",
-    ]
+        lines.append(f"| {b['mmacs']:.3f} | {b['config']} | "
+                     + " | ".join(_fmt(b[m]) for m in compared) + " |")
+    s = report["single"]
+    if s is not None:
+        lines += [
+            "",
+            f"**Single network.** Full configuration {s['full_config']}: trained alone "
+            f"{_fmt(s['single_top1'])}, as part of MutualNet {_fmt(s['mutualnet_full_top1'])}; "
+            f"gain {_fmt(s['gain'])} points.",
+        ]
+    timed = [m for m in ("mutualnet", "usnet", "single") if m in report["methods"]]
+    independent = "independent" in report["methods"]
+    header = [_NAMES[m] for m in timed]
+    if independent:
+        header.append(f"independent (sum of {len(report['budgets'])})")
+    ratio = independent and "mutualnet" in timed
+    if ratio:
+        header.append("MutualNet / independent")
+    lines += ["", "**Training time** (seconds of training per run, this machine):", "",
+              "| seed | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for t in report["training_time"]:
-        ratio = t["mutualnet_s"] / t["independent_sum_s"] if t["independent_sum_s"] else math.nan
-        lines.append(f"| {t['seed']} | {t['mutualnet_s']:.1f} | {t['usnet_s']:.1f} | "
-                     f"{t['single_s']:.1f} | {t['independent_sum_s']:.1f} | {ratio:.2f} |")
+        cells = [f"{t[f'{m}_s']:.1f}" for m in timed]
+        if independent:
+            cells.append(f"{t['independent_sum_s']:.1f}")
+        if ratio:
+            total = t["independent_sum_s"]
+            cells.append(f"{t['mutualnet_s'] / total if total else math.nan:.2f}")
+        lines.append(f"| {t['seed']} | " + " | ".join(cells) + " |")
     m = report["machine"]
     lines += ["", f"Machine: {m['platform']}, {m['threads']} torch threads, torch {m['torch']}"
               + (f", GPU {m['cuda']}" if m["cuda"] else ", CPU only")
@@ -317,18 +379,23 @@ def _plot(report: dict, path: Path) -> None:
     fig, ax = mmacs_figure()
     labels = {"independent": "independent networks", "usnet": "US-Nets (width only)",
               "mutualnet": "MutualNet (width + resolution)"}
-    for method in METHODS:
+    for method in [m for m in METHODS if m in report["methods"]]:
         points = [(b["mmacs"], b[method]["mean"], b[method]["std"]) for b in report["budgets"]
                   if b[method]["mean"] is not None]
         ax.errorbar([p[0] for p in points], [p[1] for p in points],
                     yerr=[p[2] for p in points], marker="o", ms=4, capsize=3,
                     label=labels[method])
     s = report["single"]
-    ax.errorbar([report["budgets"][0]["mmacs"]], [s["single_top1"]["mean"]],
-                yerr=[s["single_top1"]["std"]], marker="*", ms=10, ls="none", capsize=3,
-                color="k", label="full network trained alone")
+    if s is not None:
+        ax.errorbar([report["budgets"][0]["mmacs"]], [s["single_top1"]["mean"]],
+                    yerr=[s["single_top1"]["std"]], marker="*", ms=10, ls="none", capsize=3,
+                    color="k", label="full network trained alone")
     save_mmacs_figure(fig, ax, "top-1 (%)",
-                      f"{report['preset']}: {report['seeds']} seeds, mean ± std", path)
+                      f"{report['preset']}: {_seeds(report['seeds'])}, mean ± std", path)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n > 1)}"
 
 
 def _write_report(out: Path, report: dict) -> None:

@@ -83,3 +83,31 @@ def test_unknown_preset_is_one_line_and_exit_code_2(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown preset 'mnistt'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_budget_macs_are_those_of_the_independent_networks(tiny_report):
+    _, report = tiny_report
+    for b in report["budgets"]:
+        run = report["runs"][f"seed0/independent_w{b['config'].replace('-', '_r')}"]
+        assert run["rows"][0]["mmacs"] == b["mmacs"]
+
+
+def test_a_subset_of_methods_with_recipe_overrides(tmp_path):
+    report = reproduce("tiny", tmp_path, seeds=1, methods=("mutualnet",),
+                       overrides=["space.smallest_at_lowest=true"])
+    assert sorted(report["runs"]) == ["seed0/mutualnet"]
+    assert report["single"] is None and report["recipe"]["space"]["smallest_at_lowest"]
+    assert all("independent" not in b and b["mutualnet"]["n"] == 1 for b in report["budgets"])
+    text = (tmp_path / "report.md").read_text()
+    assert "| budget (MMACs) | budget config | MutualNet |" in text
+    assert "| US-Nets" not in text and "Single network" not in text
+    # finished runs of another recipe are refused, never reused silently
+    with pytest.raises(ConfigError, match="different recipe.*train.epochs"):
+        reproduce("tiny", tmp_path, seeds=1, epochs=2, methods=("mutualnet",),
+                  overrides=["space.smallest_at_lowest=true"])
+
+
+def test_unknown_methods_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown method"):
+        reproduce("tiny", tmp_path, methods=("mutualnet", "ofa"))
+    assert not any(tmp_path.iterdir())

@@ -60,11 +60,14 @@ def calibrate(
 
 
 def calibration_batches(
-    train_set, count: int, batch_size: int, seed: int, num_workers: int, device: torch.device
+    train_set, count: int, batch_size: int, seed: int, num_workers: int, device: torch.device,
+    channels_last: bool = False,
 ) -> list[Tensor]:
-    """``count`` training batches at the largest resolution, decoded once, in a fixed order."""
+    """``count`` training batches at the largest resolution, decoded once, in a fixed order
+    (channels-last when the recipe trains so: the same layout, the faster kernels)."""
     from torch.utils.data import DataLoader
 
+    from .data.base import collate_fn_of
     from .train.order import EpochOrder, SeededItems
 
     if count < 1:
@@ -72,11 +75,15 @@ def calibration_batches(
     batch_size = min(batch_size, len(train_set))
     order = EpochOrder(len(train_set), batch_size, seed, -1, 0)
     loader = DataLoader(SeededItems(train_set), batch_size=batch_size, sampler=order,
+                        collate_fn=collate_fn_of(train_set),
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())
     batches = []
     for images, _ in loader:
-        batches.append(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batches.append(images)
         if len(batches) == count:
             break
     return batches
@@ -91,7 +98,8 @@ def calibrate_run(
     cfg = run.config
     train_set, _ = run.datasets()
     data = calibration_batches(train_set, batches, batch_size or min(cfg.train.batch_size, 256),
-                               cfg.train.seed, cfg.data.num_workers, run.device)
+                               cfg.train.seed, cfg.data.num_workers, run.device,
+                               cfg.train.channels_last)
     calibrate(run.model, data, configs, progress=progress)
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)

@@ -59,22 +59,37 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_macs(args: argparse.Namespace) -> int:
+    import torch
+
     from .macs import count_macs
     from .models import create_model
 
-    model = create_model(
-        args.model, num_classes=args.num_classes, in_chans=args.in_chans,
-        width_range=(min(args.widths), max(args.widths)),
-        **({"small_input": True} if args.small_input else {}),
-    )
+    with torch.device("meta"):  # shapes only: counting a large 3D network costs no compute
+        model = create_model(
+            args.model, num_classes=args.num_classes, in_chans=args.in_chans,
+            width_range=(min(args.widths), max(args.widths)),
+            **({"small_input": True} if args.small_input else {}),
+        )
     rows = []
     for width in args.widths:
         for resolution in args.resolutions:
-            macs, params = count_macs(model, resolution, width=width)
-            rows.append({"model": args.model, "width": width, "resolution": resolution,
-                         "mmacs": round(macs / 1e6, 3), "params_m": round(params / 1e6, 4)})
+            for frames in args.frames or [None]:
+                macs, params = count_macs(model, resolution, width=width, frames=frames)
+                row = {"model": args.model, "width": width, "resolution": resolution}
+                if frames is not None:
+                    row["frames"] = frames
+                rows.append({**row, "mmacs": round(macs / 1e6, 3),
+                             "params_m": round(params / 1e6, 4)})
     for row in rows:
         print(json.dumps(row))
+    return 0
+
+
+def _cmd_make_video_data(args: argparse.Namespace) -> int:
+    from .data.motion import write_motion_videos
+
+    counts = write_motion_videos(args.out, args.train_per_class, args.val_per_class, args.seed)
+    print(json.dumps({"out": args.out, **counts}))
     return 0
 
 
@@ -186,6 +201,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_scenes(args: argparse.Namespace) -> int:
+    from .data.scenes import write_scenes
+
+    counts = {k: getattr(args, k) for k in ("train", "val") if getattr(args, k) is not None}
+    print(json.dumps(write_scenes(args.out, size=args.size, seed=args.seed, root=args.data,
+                                  **counts)))
+    return 0
+
+
 def _default_run_dir(config: str) -> str:
     from pathlib import Path
 
@@ -280,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change the shared recipe of every run, e.g. space.smallest_at_lowest=true")
     p.set_defaults(func=_cmd_reproduce)
 
+    p = sub.add_parser("make-scenes", help="write the synthetic detection/segmentation scenes "
+                       "as a COCO-style dataset (annotations/*.json, train/, val/)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--train", type=_positive(int), help="training scenes (default 3000)")
+    p.add_argument("--val", type=_positive(int), help="validation scenes (default 500)")
+    p.add_argument("--size", type=_positive(int), default=96, help="canvas side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="folder of Fashion-MNIST IDX files (default: the system's)")
+    p.set_defaults(func=_cmd_make_scenes)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)
 
@@ -290,7 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--small-input", action="store_true", help="the 28-32 px variant of the model")
+    p.add_argument("--frames", type=_parse_ints, help="frame counts of a video model, e.g. 16")
     p.set_defaults(func=_cmd_macs)
+
+    p = sub.add_parser("make-video-data", help="write the synthetic motion dataset as video "
+                       "files in class folders (data.format video_folder reads them)")
+    p.add_argument("out", help="folder to create (must be new or empty)")
+    p.add_argument("--train-per-class", type=_positive(int), default=50)
+    p.add_argument("--val-per-class", type=_positive(int), default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_video_data)
     return parser
 
 

@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 DATA_FORMATS = ("fashion_mnist", "mnist", "idx", "cifar10", "cifar100", "image_folder", "synthetic")
+#: formats of the dense tasks: COCO instances annotations, and the built-in synthetic scenes
+DENSE_DATA_FORMATS = ("coco", "scenes")
+#: formats of action recognition (clips): video files in class folders, built-in motions
+VIDEO_DATA_FORMATS = ("video_folder", "synthetic_motion")
+TASKS = ("classification", "detection", "segmentation")
 MODES = ("mutualnet", "usnet", "independent", "single")
 #: the smallest input a configuration may use (the models downsample by up to 32)
 MIN_RESOLUTION = 8
@@ -39,6 +44,10 @@ class ModelConfig:
 
     name: str = "mobilenet_v2"
     options: dict[str, Any] = field(default_factory=dict)
+    #: detection / segmentation: the head's options (see ``mutualnet.models.dense``), and a
+    #: classification run directory whose weights initialise the backbone
+    head: dict[str, Any] = field(default_factory=dict)
+    backbone_weights: str | None = None
 
 
 @dataclass
@@ -60,6 +69,9 @@ class DataConfig:
     image_folder (one sub-folder per class, with ``train``/``val`` splits) or synthetic.
     ``augment``: ``shift`` (random translation by up to ``shift`` pixels, for small images),
     ``resized_crop`` (ImageNet-style random resized crop with ``crop_scale``) or ``none``.
+    Video (``video_folder``: ``train``/``val`` splits of class folders of video files;
+    ``synthetic_motion``: built-in motions of Fashion-MNIST items): a clip is ``max(space.frames)``
+    frames ``frame_stride`` apart; evaluation averages ``eval_clips`` clips per video.
     """
 
     format: str = "fashion_mnist"
@@ -73,6 +85,8 @@ class DataConfig:
     std: list[float] | None = None
     num_workers: int = 2
     skip_bad_files: bool = False
+    frame_stride: int = 1
+    eval_clips: int = 1
 
 
 @dataclass
@@ -119,6 +133,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -137,9 +152,12 @@ class RunConfig:
             raise ConfigError("space.frames must be a non-empty list of positive frame counts")
         if self.space.num_random < 0:
             raise ConfigError("space.num_random must be 0 or more")
-        if self.data.format not in DATA_FORMATS:
-            raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, "
+        formats = DATA_FORMATS + DENSE_DATA_FORMATS + VIDEO_DATA_FORMATS
+        if self.data.format not in formats:
+            raise ConfigError(f"data.format must be one of {', '.join(formats)}, "
                               f"got {self.data.format!r}")
+        self._check_task()
+        self._check_video()
         if self.data.augment not in ("shift", "resized_crop", "none"):
             raise ConfigError("data.augment must be shift, resized_crop or none, "
                               f"got {self.data.augment!r}")
@@ -174,6 +192,42 @@ class RunConfig:
         if not 0 < self.data.eval_crop_ratio <= 1:
             raise ConfigError("data.eval_crop_ratio must be in (0, 1]")
         return self
+
+    def _check_task(self) -> None:
+        """Dense tasks read COCO-style data, classification reads labelled images."""
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        dense = self.task != "classification"
+        if dense and self.data.format not in DENSE_DATA_FORMATS:
+            raise ConfigError(f"task {self.task} needs data.format coco or scenes, got "
+                              f"{self.data.format!r}")
+        if not dense and self.data.format in DENSE_DATA_FORMATS:
+            raise ConfigError(f"data.format {self.data.format} holds boxes and masks; set "
+                              f"task: detection or task: segmentation")
+        if dense and self.data.augment != "none":
+            raise ConfigError(f"data.augment {self.data.augment} is not available for "
+                              f"{self.task}; set data.augment: none (data.hflip flips images, "
+                              f"boxes and masks)")
+        if not dense and (self.model.head or self.model.backbone_weights):
+            raise ConfigError("model.head and model.backbone_weights configure detection and "
+                              "segmentation; remove them or set task: detection / segmentation")
+
+    def _check_video(self) -> None:
+        """Clips come from the video formats, and only they need (and give) frames."""
+        video = self.data.format in VIDEO_DATA_FORMATS
+        if video and not self.space.frames:
+            raise ConfigError(f"data.format {self.data.format} gives clips: set space.frames, "
+                              f"e.g. [8, 4]")
+        if not video and self.space.frames:
+            raise ConfigError(f"space.frames needs clips but data.format {self.data.format} "
+                              f"holds images; use video_folder or synthetic_motion, or remove "
+                              f"space.frames")
+        for name in ("frame_stride", "eval_clips"):
+            if getattr(self.data, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1")
+        if self.data.format == "synthetic_motion" and self.data.hflip:
+            raise ConfigError("data.hflip would swap the left/right and clockwise/anticlockwise "
+                              "classes of synthetic_motion; set data.hflip: false")
 
     def _check_not_negative(self, section: str, *names: str) -> None:
         for name in names:

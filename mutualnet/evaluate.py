@@ -7,11 +7,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from .data.base import collate_fn_of, to_device
 from .errors import ConfigError
+from .nn.extract import fold_batchnorm, to_static
 from .nn.model import SlimmableModel
 from .space import Config, to_config
 
-__all__ = ["evaluate"]
+__all__ = ["average_clips", "evaluate", "static_network"]
 
 
 @torch.no_grad()
@@ -24,42 +26,64 @@ def evaluate(
     channels_last: bool = False,
     all_reduce=None,
 ) -> list[dict]:
-    """Each batch is decoded once and run through every configuration.
+    """Each batch is decoded once, resized once per resolution and run through every
+    configuration.
 
-    Returns one row per configuration with its metrics in percent. ``all_reduce`` sums the
-    counts over processes in a distributed run.
+    Each configuration runs as its extracted static sub-network with batch norm folded into
+    the convolutions (the same function as the slimmable model at that configuration, without
+    slicing or normalisation at run time); ``model`` itself is left untouched. Returns one row
+    per configuration with its metrics in percent, accumulated by one ``task.meter()`` per
+    configuration. ``all_reduce`` sums tensors over processes in a distributed run (each
+    meter merges its state with it). A batch of several clips per video,
+    ``[N, K, C, T, H, W]``, is scored per video (:func:`average_clips`).
     """
-    training = {m: m.training for m in model.modules()}
-    previous = model.config
-    model.eval()
-    names = task.metric_names
-    counts = torch.zeros(len(configs), len(names) + 1, dtype=torch.float64)
-    try:
-        for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            for i, config in enumerate(configs):
-                model.set_config(config)
-                hits = task.correct(model(to_config(images, config)), labels)
-                counts[i, :-1] += torch.tensor([hits[n] for n in names], dtype=torch.float64)
-                counts[i, -1] += labels.shape[0]
-    finally:
-        for m, mode in training.items():
-            m.training = mode
-        model.set_config(previous)
-    if all_reduce is not None:
-        counts = all_reduce(counts)
+    nets = [static_network(model, config, channels_last) for config in configs]
+    meters = [task.meter() for _ in configs]
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True)
+        labels = to_device(labels, device)
+        clips = images.shape[1] if images.dim() == 6 else 0
+        if clips:
+            images = images.flatten(0, 1)
+        if channels_last and images.dim() in (4, 5):
+            images = images.contiguous(memory_format=_memory_format(images.dim()))
+        resized: dict[tuple, Tensor] = {}
+        for config, net, meter in zip(configs, nets, meters):
+            view = (config.resolution, config.frames)
+            if view not in resized:
+                resized[view] = to_config(images, config)
+            output = net(resized[view])
+            meter.update(average_clips(output, clips) if clips else output, labels, config)
     rows = []
-    for config, row in zip(configs, counts.tolist()):
-        total = max(row[-1], 1.0)
+    for config, meter in zip(configs, meters):
+        meter.reduce(all_reduce)
         entry: dict = {"width": config.width, "resolution": config.resolution}
         if config.frames is not None:
             entry["frames"] = config.frames
-        entry.update({n: 100.0 * v / total for n, v in zip(names, row[:-1])})
+        entry.update(meter.result())
         rows.append(entry)
     return rows
+
+
+def average_clips(logits: Tensor, clips: int) -> Tensor:
+    """One prediction per video from ``clips`` consecutive rows: the log of the mean of the
+    clips' softmax (SlowFast's multi-view testing), still a valid logit tensor."""
+    probs = logits.float().softmax(-1).unflatten(0, (-1, clips)).mean(1)
+    return probs.log()
+
+
+def _memory_format(dims: int) -> torch.memory_format:
+    return torch.channels_last_3d if dims == 5 else torch.channels_last
+
+
+def static_network(model: SlimmableModel, config: Config,
+                   channels_last: bool = False) -> torch.nn.Module:
+    """The inference network of one configuration: extracted, BN folded, in eval mode."""
+    with model.using(config):
+        net = fold_batchnorm(to_static(model)).eval()
+    if channels_last:
+        net = net.to(memory_format=_memory_format(5 if getattr(model, "temporal", False) else 4))
+    return net
 
 
 def _sync(device: torch.device) -> None:
@@ -105,7 +129,7 @@ def evaluate_run(
     from .calibrate import calibrate_run
     from .macs import count_macs
     from .select import write_results
-    from .tasks import ClassificationTask
+    from .tasks import build_task
 
     configs = [run.check_config(c) for c in configs]
     if run.meta.get("needs_calibration"):
@@ -118,21 +142,23 @@ def evaluate_run(
     cfg = run.config
     _, val_set = run.datasets()
     loader = DataLoader(val_set, batch_size=batch_size, num_workers=cfg.data.num_workers,
+                        collate_fn=collate_fn_of(val_set),
                         pin_memory=run.device.type == "cuda")
     if progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, desc=f"evaluate {len(configs)} configs", unit="batch",
                       leave=False, disable=None)
-    task = ClassificationTask()
-    rows = evaluate(run.model, loader, configs, task, run.device)
+    task = build_task(cfg)
+    rows = evaluate(run.model, loader, configs, task, run.device, cfg.train.channels_last)
     model = run.model
     for row, config in zip(rows, configs):
         macs, params = count_macs(model, config.resolution, width=config.width,
                                   frames=config.frames)
         row["mmacs"] = round(macs / 1e6, 3)
         row["params_m"] = round(params / 1e6, 4)
-        row["top1"], row["top5"] = round(row["top1"], 3), round(row["top5"], 3)
+        for name in task.metric_names:
+            row[name] = round(row[name], 3)
     if latency:
         iterator = list(zip(rows, configs))
         if progress:
@@ -141,7 +167,7 @@ def evaluate_run(
             iterator = tqdm(iterator, desc="latency", unit="config", leave=False,
                             disable=None)
         for row, config in iterator:
-            static = model.subnet(config.width, config.resolution).eval()
+            static = static_network(model, config, cfg.train.channels_last)
             frames = (config.frames,) if config.frames else ()
             shape = (model.in_chans, *frames, config.resolution, config.resolution)
             row["latency_ms"] = round(measure_latency(static, (1, *shape), run.device), 4)

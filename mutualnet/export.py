@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MutualNetError
-from .models import create_model
+from .nn.extract import fold_batchnorm
 from .space import Config
+from .tasks import build_task_model
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["FORMATS", "export_run", "fold_batchnorm", "load_exported", "verify_onnx"]
@@ -22,43 +23,27 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_TOLERANCE = 1e-4
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every BatchNorm that directly follows a convolution in a Sequential into it."""
-    for child in module.children():
-        fold_batchnorm(child)
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) \
-                    and bn.running_mean is not None:
-                module._modules[a] = _fused(conv, bn)
-                module._modules[b] = nn.Identity()
-    return module
-
-
-@torch.no_grad()
-def _fused(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
-                      padding_mode=conv.padding_mode, device=conv.weight.device)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
+def _flat_outputs(output) -> list[torch.Tensor]:
+    """A network's output as the flat list of tensors ONNX sees (dense heads return nested
+    tuples and lists, one entry per pyramid level)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for item in output for t in _flat_outputs(item)]
 
 
 def verify_onnx(path: Path, module: nn.Module, example: torch.Tensor) -> float:
-    """Max abs difference between onnxruntime and torch on ``example``; raises past 1e-4."""
+    """Max abs difference between onnxruntime and torch on ``example`` over every output;
+    raises past 1e-4."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    got = torch.from_numpy(session.run(None, {name: example.cpu().numpy()})[0])
+    got = [torch.from_numpy(a) for a in session.run(None, {name: example.cpu().numpy()})]
     with torch.no_grad():
-        want = module(example).cpu()
-    diff = float((got - want).abs().max())
+        want = [t.cpu() for t in _flat_outputs(module(example))]
+    if len(got) != len(want):
+        raise MutualNetError(f"ONNX export has {len(got)} outputs where torch has {len(want)}")
+    diff = max(float((g - w).abs().max()) for g, w in zip(got, want))
     if not diff <= ONNX_TOLERANCE:
         raise MutualNetError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
     return diff
@@ -79,18 +64,21 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     if not run.is_calibrated(config):
         calibrate_run(run, [config], progress=False)
     model = run.model
-    static = model.subnet(config.width, config.resolution).cpu().eval()
+    static = model.subnet(config.width, config.resolution, config.frames).cpu().eval()
     frames = (config.frames,) if config.frames else ()
     example = torch.randn(2, model.in_chans, *frames, config.resolution, config.resolution)
     info: dict[str, Any] = {
         "format": fmt, "file": str(out), "width": config.width, "resolution": config.resolution,
         "model": run.meta["model"], "num_classes": run.meta["num_classes"],
     }
+    if config.frames is not None:
+        info["frames"] = config.frames
     if fmt == "safetensors":
         from safetensors.torch import save
 
         meta = {**{k: run.meta[k] for k in ("model", "options", "num_classes", "in_chans",
-                                               "mean", "std", "class_names") if k in run.meta},
+                                               "mean", "std", "class_names", "task", "head")
+                   if k in run.meta},
                 "width": config.width, "resolution": config.resolution, "frames": config.frames}
         tensors = {k: v.contiguous() for k, v in static.state_dict().items()}
         atomic_write_bytes(out, save(tensors, metadata={"mutualnet_static": json.dumps(meta)}))
@@ -108,9 +96,11 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         raise ConfigError(f"cannot write {out}: {exc.strerror}; choose a writable -o") from None
     with tmp_dir as tmp:
         tmp_path = Path(tmp) / "model.onnx"
+        # dense heads name their outputs (cls_0, box_0, ctr_0, ...); classifiers: logits
+        names = list(getattr(getattr(static, "head", None), "output_names", ["logits"]))
         torch.onnx.export(static, (example,), str(tmp_path), input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"},
-                                                                 "logits": {0: "batch"}},
+                          output_names=names,
+                          dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
                           dynamo=False)
         info["max_abs_diff_vs_torch"] = verify_onnx(tmp_path, static, example)
         atomic_write_bytes(out, tmp_path.read_bytes())
@@ -145,9 +135,10 @@ def load_exported(path: str | Path) -> nn.Module:
         raise ConfigError(f"{path} is not a mutualnet safetensors export") from None
     try:
         width = meta["width"]
-        model = create_model(meta["model"], num_classes=meta["num_classes"],
-                             in_chans=meta["in_chans"], width_range=(width, width),
-                             **meta.get("options", {}))
+        model = build_task_model(meta.get("task", "classification"), meta["model"],
+                                 num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                                 width_range=(width, width), options=meta.get("options", {}),
+                                 head=meta.get("head"))
         static = model.subnet(width).eval()
         static.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError, MutualNetError) as exc:

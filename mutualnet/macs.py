@@ -32,6 +32,10 @@ def count_macs(
         in_chans = getattr(model, "in_chans", None)
         if in_chans is None:
             raise ConfigError("in_chans is needed to count a model that does not declare it")
+    temporal = getattr(model, "temporal", None)
+    if temporal is not None and temporal != bool(frames):
+        raise ConfigError(f"{type(model).__name__} takes {'clips' if temporal else 'images'}: "
+                          f"{'give' if temporal else 'drop'} the frame count")
     shape = (1, in_chans) + ((frames,) if frames else ()) + (resolution, resolution)
     param = next(model.parameters(), None)
     x = torch.zeros(shape, device=param.device if param is not None else None,

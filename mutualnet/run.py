@@ -10,9 +10,9 @@ import torch
 
 from .config import MIN_RESOLUTION, RunConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, DataError, MutualNetError
-from .models import create_model
 from .nn.model import SlimmableModel
 from .space import Config, Space
+from .tasks import build_task_model
 from .train.checkpoint import (CHECKPOINT, WEIGHTS, load_checkpoint, load_model_state, load_weights,
                                save_weights)
 
@@ -57,15 +57,25 @@ class Run:
             trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
             raise ConfigError(f"resolution {config.resolution} is too small: give at least "
                               f"{MIN_RESOLUTION} pixels (this run was trained at {trained})")
-        if self.config.space.frames and config.frames is None:
-            config = Config(config.width, config.resolution, max(self.config.space.frames))
+        trained_frames = self.config.space.frames
+        if trained_frames and config.frames is None:
+            config = Config(config.width, config.resolution, max(trained_frames))
+        elif config.frames is not None and not trained_frames:
+            raise ConfigError(f"this run's model takes images, not clips: drop the frame count "
+                              f"({config.frames})")
+        elif config.frames is not None and not 1 <= config.frames <= max(trained_frames):
+            raise ConfigError(f"frames {config.frames} is outside 1..{max(trained_frames)}: the "
+                              f"run's clips hold {max(trained_frames)} frames (it was trained "
+                              f"at {', '.join(map(str, sorted(trained_frames)))})")
         return config
 
     def datasets(self):
         """The run's (train, val) datasets at its largest resolution, checked against the model."""
         from .data import build_datasets
 
-        train, val, info = build_datasets(self.config.data, max(self.config.space.resolutions))
+        frames = self.config.space.frames
+        train, val, info = build_datasets(self.config.data, max(self.config.space.resolutions),
+                                          self.config.task, max(frames) if frames else None)
         if info.num_classes > self.meta["num_classes"] or info.in_chans != self.meta["in_chans"]:
             raise DataError(
                 f"the data ({info.source}: {info.num_classes} classes, {info.in_chans} channels) "
@@ -109,9 +119,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     _check_meta(meta, source, config)
     device = torch.device(device)
     try:
-        model = create_model(meta["model"], num_classes=meta["num_classes"],
-                             in_chans=meta["in_chans"], width_range=tuple(meta["width_range"]),
-                             **meta.get("options", {}))
+        model = build_task_model(meta.get("task", "classification"), meta["model"],
+                                 num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                                 width_range=tuple(meta["width_range"]),
+                                 options=meta.get("options", {}), head=meta.get("head"))
     except (MutualNetError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source} describes a model that cannot be built ({exc}); "
                               f"restore the file or retrain") from None

@@ -81,18 +81,22 @@ def _label(row: dict[str, Any]) -> str:
 
 def _query_table(rows: list[dict[str, Any]], device: str) -> str:
     metric = metric_of(rows)
+    has_frames = any(r.get("frames") for r in rows)
+    notation = "width-resolution-frames" if has_frames else "width-resolution"
     lines = [
         "# Query table",
         "",
-        f"The most accurate configuration (width-resolution) for each budget: the Pareto front "
+        f"The most accurate configuration ({notation}) for each budget: the Pareto front "
         f"of {len(rows)} evaluated configurations by {metric} against MACs.",
         "",
     ]
     has_latency = "latency_ms" in rows[0]
-    head = ["MMACs", "config", metric] + (["latency ms (batch 1)"] if has_latency else [])
+    head = (["MMACs", "config"] + (["frames"] if has_frames else []) + [metric]
+            + (["latency ms (batch 1)"] if has_latency else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(pareto_front(rows, "mmacs", metric), key=lambda r: -r["mmacs"]):
-        cells = [f"{row['mmacs']:.2f}", _label(row), f"{row[metric]:.2f}"]
+        cells = ([f"{row['mmacs']:.2f}", _label(row)] + ([str(row["frames"])] if has_frames
+                                                          else []) + [f"{row[metric]:.2f}"])
         if has_latency:
             cells.append(f"{row['latency_ms']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -142,10 +146,11 @@ def save_mmacs_figure(fig, ax, ylabel: str, title: str, path: Path) -> None:
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     metric = metric_of(rows)
     fig, ax = mmacs_figure()
-    for res in sorted({r["resolution"] for r in rows}, reverse=True):
-        pts = [r for r in rows if r["resolution"] == res]
+    for res, frames in sorted({(r["resolution"], r.get("frames") or 0) for r in rows},
+                              reverse=True):
+        pts = [r for r in rows if r["resolution"] == res and (r.get("frames") or 0) == frames]
         ax.scatter([r["mmacs"] for r in pts], [r[metric] for r in pts], s=14, alpha=0.6,
-                   label=f"{res} px")
+                   label=f"{res} px" + (f" × {frames} frames" if frames else ""))
     front = pareto_front(rows, "mmacs", metric)
     ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
             marker="o", ms=4, label="query table (Pareto front)")

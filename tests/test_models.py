@@ -14,23 +14,38 @@ RANGE = (0.25, 1.0)
 
 
 def small(name: str, **kwargs) -> nn.Module:
-    """A model of the family at its small-image layout (28-32 px)."""
-    if "small_input" in model_options(name):
+    """A model of the family at its small-image layout (28-32 px); the 3D families with one
+    block per stage (``test_video`` counts them at full depth)."""
+    options = model_options(name)
+    if "small_input" in options:
         kwargs.setdefault("small_input", True)
+    if "depths" in options:
+        kwargs.setdefault("depths", (1, 1, 1, 1))
     return create_model(name, num_classes=10, width_range=RANGE, **kwargs)
+
+
+def batch(model: nn.Module, n: int, size: int, channels: int | None = None) -> torch.Tensor:
+    """Random images, or 2-frame clips for a 3D network."""
+    frames = (2,) if model.temporal else ()
+    return torch.randn(n, channels or model.in_chans, *frames, size, size)
+
+
+def first_conv(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if isinstance(m, SlimLayer))
 
 
 def with_nontrivial_bn_statistics(model: nn.Module) -> nn.Module:
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn(4, model.in_chans, 32, 32) * 2 + 0.5)
+            model(batch(model, 4, 32) * 2 + 0.5)
     return model.eval()
 
 
 def test_the_zoo_holds_the_promised_models():
     expected = {"mobilenet_v1", "mobilenet_v2", "resnet18", "resnet34", "resnet50",
-                "resnet101", "wide_resnet28_10"}
+                "resnet101", "wide_resnet28_10", "x3d_xs", "x3d_s", "x3d_m", "slow_r50",
+                "slowfast_r50"}
     assert expected <= set(MODELS)
 
 
@@ -42,14 +57,13 @@ def test_forward_and_backward_at_min_max_and_random_widths(name):
     for width, resolution in [(RANGE[0], 32), (RANGE[1], 24), (rng.uniform(*RANGE), 20)]:
         model.zero_grad(set_to_none=True)
         model.set_config(width, resolution)
-        out = model(torch.randn(2, 3, resolution, resolution))
+        out = model(batch(model, 2, resolution))
         assert out.shape == (2, 10)
         out.logsumexp(1).mean().backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         # channels beyond the active width get no gradient
-        stem = model.features[0][0] if isinstance(model.features[0], nn.Sequential) \
-            else model.features[0]
+        stem = first_conv(model)
         assert stem.weight.grad[stem.active_out:].abs().sum() == 0
 
 
@@ -57,7 +71,7 @@ def test_forward_and_backward_at_min_max_and_random_widths(name):
 def test_first_conv_input_and_classifier_output_are_never_slimmed(name):
     model = small(name, in_chans=1)
     model.set_config(RANGE[0])
-    out = model(torch.randn(2, 1, 28, 28))
+    out = model(batch(model, 2, 28))
     assert out.shape == (2, 10)
     layers = [m for m in model.modules() if isinstance(m, SlimLayer)]
     assert layers[0].active_in == 1 and layers[-1].active_out == 10
@@ -67,7 +81,7 @@ def test_first_conv_input_and_classifier_output_are_never_slimmed(name):
 def test_extracted_subnet_matches_the_slimmable_model(name):
     torch.manual_seed(1)
     model = with_nontrivial_bn_statistics(small(name))
-    x = torch.randn(3, 3, 32, 32)
+    x = batch(model, 3, 32)
     rng = random.Random(name)
     for width in [RANGE[0], rng.uniform(*RANGE), RANGE[1]]:
         model.set_config(width)
@@ -84,7 +98,7 @@ def test_extracted_subnet_is_torchscriptable(name):
     model = small(name).eval()
     static = model.subnet(0.5).eval()
     scripted = torch.jit.script(static)
-    x = torch.randn(1, 3, 32, 32)
+    x = batch(model, 1, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), static(x))
 

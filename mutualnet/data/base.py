@@ -7,7 +7,26 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TensorImageDataset"]
+__all__ = ["TensorImageDataset", "collate_fn_of", "to_device"]
+
+
+def to_device(batch_part, device: torch.device):
+    """Tensors moved to ``device`` inside any nesting of lists, tuples and dicts (the targets
+    of dense tasks); other values as they are."""
+    if isinstance(batch_part, torch.Tensor):
+        return batch_part.to(device, non_blocking=True)
+    if isinstance(batch_part, dict):
+        return {k: to_device(v, device) for k, v in batch_part.items()}
+    if isinstance(batch_part, (list, tuple)):
+        return type(batch_part)(to_device(v, device) for v in batch_part)
+    return batch_part
+
+
+def collate_fn_of(dataset):
+    """The collate function a dataset asks for (``collate_fn`` attribute), else the default."""
+    while not hasattr(dataset, "collate_fn") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset  # SeededItems, Subset
+    return getattr(dataset, "collate_fn", None)
 
 
 class TensorImageDataset(Dataset):

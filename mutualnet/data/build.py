@@ -33,6 +33,10 @@ DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "image_folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "synthetic": ((0.5,) * SYNTHETIC_CHANNELS, (0.25,) * SYNTHETIC_CHANNELS),
+    "coco": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "scenes": ((0.25, 0.25, 0.25), (0.25, 0.25, 0.25)),
+    "video_folder": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),  # Kinetics, as in SlowFast
+    "synthetic_motion": ((0.13, 0.13, 0.13), (0.18, 0.18, 0.18)),
 }
 _SYNTHETIC_SEED = 0
 
@@ -120,14 +124,58 @@ def _load_idx(cfg: DataConfig) -> tuple[dict, list[str], str]:
     return data, names, source
 
 
-def build_datasets(cfg: DataConfig, image_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+def _dense_datasets(cfg: DataConfig, image_size: int, task: str
+                    ) -> tuple[Dataset, Dataset, DataInfo]:
+    """COCO-style data (files, or the synthetic scenes in memory) for detection/segmentation.
+
+    Detection classes are the categories; segmentation adds a background class 0.
+    """
+    from .coco import CocoDataset, find_split, parse_coco, read_coco
+    from .scenes import SCENES_TRAIN, SCENES_VAL, make_scenes
+
+    mean, std = _stats(cfg, 3)
+    masks = task == "segmentation"
+    splits = []
+    for split, count in (("train", SCENES_TRAIN), ("val", SCENES_VAL)):
+        if cfg.format == "scenes":
+            coco, pixels = make_scenes(count, image_size, _SYNTHETIC_SEED, split, cfg.root)
+            index = parse_coco(coco, f"synthetic scenes ({split})", masks)
+            splits.append(CocoDataset(index, task, image_size, mean, std, train=split == "train",
+                                      hflip=cfg.hflip, pixels=pixels))
+        else:
+            annotations, folder = find_split(_need_root(cfg, "a COCO-style folder"), split)
+            index = read_coco(annotations, masks)
+            splits.append(CocoDataset(index, task, image_size, mean, std, train=split == "train",
+                                      hflip=cfg.hflip, image_dir=folder))
+    train, val = splits
+    if train.index.categories != val.index.categories:
+        raise DataError(f"{train.index.source} and {val.index.source} list different "
+                        f"categories; both splits need the same ones")
+    names = train.index.class_names
+    if masks:
+        names = ["background", *names]
+    source = (f"synthetic scenes of Fashion-MNIST items ({image_size} px, seed "
+              f"{_SYNTHETIC_SEED})" if cfg.format == "scenes"
+              else f"COCO-style {task} data from {cfg.root}")
+    return train, val, DataInfo(len(names), 3, names, mean, std, source)
+
+
+def build_datasets(cfg: DataConfig, image_size: int, task: str = "classification",
+                   frames: int | None = None) -> tuple[Dataset, Dataset, DataInfo]:
     """The train dataset (with augmentation), the val dataset (evaluation transform), and facts.
 
     Items are ``(float32 [C, image_size, image_size] normalised with info.mean/std, int label)``.
     Raises :class:`DataError` for missing or damaged data, with a one-line fix.
+    The video formats give clips of ``frames`` frames instead (see :mod:`.video`).
     """
     _check_size(image_size)
     fmt = cfg.format
+    if fmt in ("video_folder", "synthetic_motion"):
+        from .video import build_video_datasets
+
+        return build_video_datasets(cfg, image_size, frames, *_stats(cfg, 3))
+    if fmt in ("coco", "scenes"):
+        return _dense_datasets(cfg, image_size, task)
     if fmt not in DEFAULT_STATS:
         raise ConfigError(f"data.format must be one of {', '.join(DEFAULT_STATS)}, got {fmt!r}")
 

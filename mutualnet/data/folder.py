@@ -52,15 +52,16 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def list_classes(split_dir: Path) -> list[str]:
-    """Sorted names of the (non-hidden) sub-folders of ``split_dir``."""
+def list_classes(split_dir: Path, kind: str = "images") -> list[str]:
+    """Sorted names of the (non-hidden) sub-folders of ``split_dir`` (a folder of ``kind``)."""
     if not split_dir.is_dir():
-        raise DataError(f"image folder {split_dir} does not exist; point --data (data.root) at "
-                        f"a folder holding train/<class>/<images> and val/<class>/<images>")
+        raise DataError(f"{kind[:-1]} folder {split_dir} does not "
+                        f"exist; point --data (data.root) at a folder holding "
+                        f"train/<class>/<{kind}> and val/<class>/<{kind}>")
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
     if not classes:
         raise DataError(f"{split_dir} has no class sub-folders; expected "
-                        f"{split_dir}/<class>/<images>")
+                        f"{split_dir}/<class>/<{kind}>")
     return classes
 
 

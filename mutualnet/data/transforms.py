@@ -74,9 +74,12 @@ class _Normalize:
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of a float ``[C, H, W]`` tensor to ``size x size``."""
-    return F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear",
-                         align_corners=False, antialias=True).squeeze(0)
+    """Bilinear, antialiased resize of a float ``[C, H, W]`` image (or ``[T, C, H, W]`` clip)
+    to ``size x size``."""
+    batch = x if x.dim() == 4 else x.unsqueeze(0)
+    out = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out if x.dim() == 4 else out.squeeze(0)
 
 
 def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

@@ -2,9 +2,12 @@
 
 from .extract import to_static
 from .layers import (
+    ConcatDim,
     Dim,
     SlimBatchNorm2d,
+    SlimBatchNorm3d,
     SlimConv2d,
+    SlimConv3d,
     SlimLayer,
     SlimLinear,
     init_weights,
@@ -13,9 +16,12 @@ from .layers import (
 from .model import SlimmableModel
 
 __all__ = [
+    "ConcatDim",
     "Dim",
     "SlimBatchNorm2d",
+    "SlimBatchNorm3d",
     "SlimConv2d",
+    "SlimConv3d",
     "SlimLayer",
     "SlimLinear",
     "SlimmableModel",
@@ -24,6 +30,6 @@ __all__ = [
     "to_static",
 ]
 
-from .blocks import classifier_head, conv_bn  # noqa: E402
+from .blocks import SqueezeExcite, classifier_head, conv_bn  # noqa: E402
 
-__all__ += ["classifier_head", "conv_bn"]
+__all__ += ["SqueezeExcite", "classifier_head", "conv_bn"]

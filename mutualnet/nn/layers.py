@@ -23,6 +23,9 @@ __all__ = [
     "SlimConv2d",
     "SlimLinear",
     "SlimBatchNorm2d",
+    "ConcatDim",
+    "SlimConv3d",
+    "SlimBatchNorm3d",
 ]
 
 
@@ -57,6 +60,30 @@ class Dim:
     def __mul__(self, factor: int) -> "Dim":
         """The same dimension expanded by an integer factor, ratio kept exact."""
         return Dim(self.base * factor, self.ratio * factor, self.slim)
+
+
+@dataclass(frozen=True)
+class ConcatDim(Dim):
+    """The channels of ``torch.cat([fixed_tensor, slim_tensor], 1)``: ``fixed`` channels that
+    never slim, then the slim dimension (``base``, ``ratio``, ``slim``).
+
+    The fixed part comes first so that the active channels stay a prefix of the full ones at
+    every width; a layer reading the concatenation then slices its weight like any other
+    (``weight[:, :active]``). With the slim part first the kept input channels would be two
+    separate ranges.
+    """
+
+    fixed: int = 0
+
+    @classmethod
+    def of(cls, fixed: int, dim: Dim) -> "ConcatDim":
+        return cls(dim.base, dim.ratio, dim.slim, int(fixed))
+
+    def at(self, width: float) -> int:
+        return self.fixed + super().at(width)
+
+    def __mul__(self, factor: int) -> "ConcatDim":
+        return ConcatDim(self.base * factor, self.ratio * factor, self.slim, self.fixed * factor)
 
 
 def _as_dim(d: Dim | int) -> Dim:
@@ -189,6 +216,53 @@ class SlimConv2d(_SlimConvNd, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(
+            x, self._active_weight(), self._active_bias(), self.stride, self.padding,
+            self.dilation, self.active_groups,
+        )
+
+
+def _same_padding(kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation))
+
+
+def _triple(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (value,) * 3 if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+class SlimConv3d(_SlimConvNd, nn.Conv3d):
+    """Conv3d whose input and output channels follow the active width (clips ``[N, C, T, H, W]``).
+
+    Sizes are ints or ``(t, h, w)`` tuples, e.g. ``kernel_size=(1, 3, 3)`` for a spatial conv.
+    ``group_channels`` as for :class:`SlimConv2d` (``1``: depthwise, i.e. X3D's channel-wise
+    conv). ``padding=None`` keeps the size ("same" padding) along every axis.
+    """
+
+    _static_cls = nn.Conv3d
+
+    def __init__(
+        self,
+        in_dim: Dim | int,
+        out_dim: Dim | int,
+        kernel_size: int | tuple[int, int, int],
+        stride: int | tuple[int, int, int] = 1,
+        padding: int | tuple[int, int, int] | None = None,
+        dilation: int | tuple[int, int, int] = 1,
+        group_channels: int | None = None,
+        bias: bool = False,
+        max_width: float = 1.0,
+    ) -> None:
+        cin, cout, groups = self._init_slim(in_dim, out_dim, max_width, group_channels)
+        kernel_size, dilation = _triple(kernel_size), _triple(dilation)
+        if padding is None:
+            padding = _same_padding(kernel_size, dilation)
+        nn.Conv3d.__init__(
+            self, cin, cout, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, bias=bias,
+        )
+        self.set_width(max_width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv3d(
             x, self._active_weight(), self._active_bias(), self.stride, self.padding,
             self.dilation, self.active_groups,
         )
@@ -354,6 +428,17 @@ class SlimBatchNorm2d(_SlimBatchNormNd, nn.BatchNorm2d):
         max_width: float = 1.0,
     ) -> None:
         nn.BatchNorm2d.__init__(self, self._init_slim(dim, max_width), eps=eps, momentum=momentum)
+        self.set_width(max_width)
+
+
+class SlimBatchNorm3d(_SlimBatchNormNd, nn.BatchNorm3d):
+    _static_cls = nn.BatchNorm3d
+
+    def __init__(
+        self, dim: Dim | int, eps: float = 1e-5, momentum: float | None = 0.1,
+        max_width: float = 1.0,
+    ) -> None:
+        nn.BatchNorm3d.__init__(self, self._init_slim(dim, max_width), eps=eps, momentum=momentum)
         self.set_width(max_width)
 
 

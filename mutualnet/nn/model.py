@@ -25,6 +25,8 @@ class SlimmableModel(nn.Module):
 
     features: nn.Module
     head: nn.Module
+    #: whether inputs are clips ``[N, C, T, H, W]`` (3D networks) rather than images
+    temporal: bool = False
 
     def __init__(
         self, width_range: tuple[float, float], num_classes: int, in_chans: int
@@ -101,11 +103,14 @@ class SlimmableModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
-    def subnet(self, width: float | None = None, resolution: int | None = None) -> nn.Module:
+    def subnet(
+        self, width: float | None = None, resolution: int | None = None,
+        frames: int | None = None,
+    ) -> nn.Module:
         """A plain static network with the weights (and BN statistics) of one configuration."""
         from .extract import to_static
 
-        with self.using(width if width is not None else self._config.width, resolution):
+        with self.using(width if width is not None else self._config.width, resolution, frames):
             return to_static(self)
 
     def active_param_count(self) -> int:

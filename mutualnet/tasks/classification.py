@@ -26,7 +26,10 @@ class ClassificationTask:
         """What the sub-networks learn from: the full network's softened, detached output."""
         return F.softmax(output.detach().float() / self.temperature, dim=1)
 
-    def distill_loss(self, output: Tensor, teacher: Tensor) -> Tensor:
+    def distill_loss(self, output: Tensor, teacher: Tensor, target: Tensor | None = None,
+                     config=None) -> Tensor:
+        """KL to the teacher alone: the labels and configuration (used by dense tasks) are
+        left out, as the paper's sub-networks learn from the full network only."""
         t = self.temperature
         log_p = F.log_softmax(output.float() / t, dim=1)
         return self.distill_weight * (t * t) * F.kl_div(log_p, teacher, reduction="batchmean")
@@ -38,3 +41,29 @@ class ClassificationTask:
         top = output.topk(k, dim=1).indices
         hits = top.eq(target[:, None])
         return {"top1": int(hits[:, 0].sum()), "top5": int(hits[:, :k].any(1).sum())}
+
+    def meter(self) -> "ClassificationMeter":
+        return ClassificationMeter(self)
+
+
+class ClassificationMeter:
+    """Top-1/top-5 hits and the image count, summed over batches (and processes)."""
+
+    def __init__(self, task: ClassificationTask) -> None:
+        self.task = task
+        self.counts = torch.zeros(len(task.metric_names) + 1, dtype=torch.float64)
+
+    def update(self, output: Tensor, target: Tensor, config=None) -> None:
+        hits = self.task.correct(output, target)
+        self.counts[:-1] += torch.tensor([hits[n] for n in self.task.metric_names],
+                                         dtype=torch.float64)
+        self.counts[-1] += target.shape[0]
+
+    def reduce(self, all_reduce) -> None:
+        if all_reduce is not None:
+            self.counts = all_reduce(self.counts)
+
+    def result(self) -> dict[str, float]:
+        total = max(float(self.counts[-1]), 1.0)
+        return {n: 100.0 * float(v) / total
+                for n, v in zip(self.task.metric_names, self.counts[:-1])}

@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, config_from_dict, config_to_dict
+from ..data.base import collate_fn_of, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
-from ..models import create_model
 from ..nn.model import SlimmableModel
 from ..space import Space, to_config
-from ..tasks import ClassificationTask
+from ..tasks import build_task, build_task_model
 from .checkpoint import (WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint,
                          save_weights)
 from .distributed import Distributed, resolve_device
@@ -97,8 +97,30 @@ def build_space(cfg: RunConfig) -> Space:
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> SlimmableModel:
-    return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
-                        width_range=tuple(cfg.space.width_range), **cfg.model.options)
+    return build_task_model(cfg.task, cfg.model.name, num_classes=num_classes,
+                            in_chans=in_chans, width_range=tuple(cfg.space.width_range),
+                            options=cfg.model.options, head=cfg.model.head)
+
+
+def load_backbone_weights(model: SlimmableModel, run_dir: str) -> None:
+    """Initialise a dense model's backbone from a classification run (same backbone, options
+    and width range); its classifier and calibrated statistics are left out."""
+    from ..run import load_run
+
+    source = load_run(run_dir)
+    body = model.features.body
+    state = {k: v for k, v in source.model.features.state_dict().items()
+             if ".calibrated." not in k and k.split(".")[0] in body._modules}
+    want = {k: v for k, v in body.state_dict().items() if ".calibrated." not in k}
+    for key in sorted(set(want) | set(state)):
+        if key not in state or key not in want or state[key].shape != want[key].shape:
+            found = tuple(state[key].shape) if key in state else "nothing"
+            needed = tuple(want[key].shape) if key in want else "nothing"
+            raise ConfigError(f"model.backbone_weights {run_dir} does not fit this backbone "
+                              f"(at features.{key} it holds {found}, the backbone needs "
+                              f"{needed}); use a classification run of {model.backbone_name} "
+                              f"with the same model.options and space.width_range")
+    body.load_state_dict(state, strict=False)
 
 
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool) -> None:
@@ -166,7 +188,7 @@ def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) 
     workers = cfg.data.num_workers
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", drop_last=False,
+        pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_fn_of(dataset),
         persistent_workers=False, generator=torch.Generator(),
         multiprocessing_context="fork" if workers and os.name == "posix" else None,
     )
@@ -183,6 +205,8 @@ def run_metadata(cfg: RunConfig, info, space: Space) -> dict[str, Any]:
         "width_range": list(space.width_range),
         "resolutions": list(cfg.space.resolutions),
         "frames": list(cfg.space.frames) if cfg.space.frames else None,
+        "task": cfg.task,
+        "head": cfg.model.head,
         "mean": list(info.mean),
         "std": list(info.std),
         "mode": cfg.train.mode,
@@ -204,7 +228,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
             raise ConfigError(f"train.batch_size {tc.batch_size} must divide evenly over "
                               f"{dist.world_size} process(es) x {tc.accumulate} micro-batch(es)")
         space = build_space(cfg)
-        train_ds, val_ds, info = build_datasets(cfg.data, max(cfg.space.resolutions))
+        train_ds, val_ds, info = build_datasets(cfg.data, max(cfg.space.resolutions), cfg.task,
+                                                max(space.frames) if space.frames else None)
         steps_per_epoch = len(train_ds) // tc.batch_size
         if steps_per_epoch < 1:
             raise ConfigError(f"train.batch_size {tc.batch_size} is larger than the training "
@@ -216,11 +241,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         model = build_model(cfg, info.num_classes, info.in_chans).to(device)
+        clips = getattr(model, "temporal", False)
+        if clips != bool(space.frames):
+            raise ConfigError(f"model {cfg.model.name} takes {'clips' if clips else 'images'} "
+                              f"but data.format {cfg.data.format} gives "
+                              f"{'images' if clips else 'clips'}; choose a matching model")
         if tc.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last_3d if clips
+                             else torch.channels_last)
         optimizer = build_optimizer(model, cfg.optim)
-        task = ClassificationTask(cfg.optim.label_smoothing, tc.distill_temperature,
-                                  tc.distill_weight)
+        if cfg.model.backbone_weights and not resume:
+            load_backbone_weights(model, cfg.model.backbone_weights)
+        task = build_task(cfg)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
         scaler = torch.amp.GradScaler(device.type) if tc.amp == "fp16" else None
 
@@ -279,9 +311,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                         group["lr"] = lr
                     configs = space.sandwich(tc.seed, step)
                     images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
+                    labels = to_device(labels, device)
                     if tc.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
+                        images = images.contiguous(memory_format=torch.channels_last_3d
+                                                   if images.dim() == 5 else torch.channels_last)
                     losses = _train_step(model, ddp_model, images, labels, configs, task,
                                          optimizer, scaler, amp_dtype, device, dist, step,
                                          tc.skip_nonfinite, tc.accumulate)
@@ -338,7 +371,13 @@ def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scal
     """One optimizer step over the sandwich; gradients of all passes (and of ``accumulate``
     micro-batches) are summed and synchronised across processes once."""
     optimizer.zero_grad(set_to_none=True)
-    chunks = list(zip(images.chunk(accumulate), labels.chunk(accumulate)))
+    images_chunks = images.chunk(accumulate)
+    if isinstance(labels, torch.Tensor):
+        label_chunks = labels.chunk(accumulate)
+    else:  # a list of per-image targets, split like the images
+        bounds = torch.tensor([0] + [len(x) for x in images_chunks]).cumsum(0).tolist()
+        label_chunks = [labels[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = list(zip(images_chunks, label_chunks))
     losses = torch.zeros(len(configs), device=images.device)
     for c, (x, y) in enumerate(chunks):
         teacher = None
@@ -354,7 +393,7 @@ def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scal
                     if len(configs) > 1:
                         teacher = task.teacher_signal(output)
                 else:
-                    loss = task.distill_loss(output, teacher)
+                    loss = task.distill_loss(output, teacher, y, config)
                 loss = loss / len(chunks)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             losses[i] += loss.detach()
@@ -381,15 +420,16 @@ def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scal
 
 def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, device, dist,
               step: int) -> dict[str, float]:
-    """Top-1 of the full and smallest configurations after calibrating their BN statistics."""
+    """The task's metrics of the full and smallest configurations after calibrating their BN
+    statistics."""
     configs = [space.full] if space.full == space.smallest else [space.full, space.smallest]
     batch = min(cfg.train.batch_size, 256)
     calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,
-                                cfg.data.num_workers, device)
+                                cfg.data.num_workers, device, cfg.train.channels_last)
     calibrate(model, calib, configs)
     shard = list(range(dist.rank, len(val_ds), dist.world_size))
     val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=batch,
-                            num_workers=cfg.data.num_workers,
+                            num_workers=cfg.data.num_workers, collate_fn=collate_fn_of(val_ds),
                             pin_memory=device.type == "cuda")
     rows = evaluate(model, val_loader, configs, task, device, cfg.train.channels_last,
                     all_reduce=dist.all_reduce_sum if dist.enabled else None)

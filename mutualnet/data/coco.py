@@ -1,0 +1,288 @@
+"""COCO instances annotations for detection and segmentation: reader, transform, collate.
+
+A dataset root holds ``annotations/instances_<split>.json`` and the images of that split in
+``<split>/`` (``instances_train2017.json`` and ``train2017/`` in COCO's own layout), for the
+two splits ``train*`` and ``val*``. Every image is letterboxed into a square canvas of the
+largest resolution: resized so its longer side fits, placed at the top-left, padded with the
+mean colour (zeros after normalisation). Training flips horizontally with p=0.5 (images,
+boxes and masks together). Annotation mistakes are found when the file is read and reported
+as one-line :class:`DataError` s.
+
+Items are ``(image float [3, S, S], target)``: for detection a dict (see
+``mutualnet.tasks.detection``), for segmentation an int64 mask ``[S, S]`` with 0 background,
+``k + 1`` for the ``k``-th category (in order of id) and 255 for padding and crowd regions.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .transforms import _check_size, _Normalize, pil_to_tensor
+
+__all__ = ["CocoIndex", "CocoDataset", "collate_dense", "find_split", "parse_coco",
+           "read_coco"]
+
+IGNORE = 255
+
+
+@dataclass
+class CocoIndex:
+    """The parts of an instances file a dataset needs, checked."""
+
+    source: str
+    categories: list[tuple[int, str]]
+    #: per image: (id, file name, height, width)
+    images: list[tuple[int, str, int, int]]
+    #: per image: list of (bbox xywh, category index, iscrowd, segmentation or None)
+    annotations: list[list[tuple[list[float], int, bool, Any]]] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for _, name in self.categories]
+
+
+def _fail(source: str, what: str) -> DataError:
+    return DataError(f"{source}: {what}; fix the annotations or re-export them")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
+    """Check and index a decoded instances JSON (``need_masks``: every annotation must carry a
+    polygon or RLE segmentation)."""
+    if not isinstance(data, dict):
+        raise _fail(source, "the file must hold a JSON object with images, annotations and "
+                            "categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise _fail(source, f"'{key}' is missing or not a list")
+    categories = []
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
+            raise _fail(source, f"categories[{i}] has no integer 'id'")
+        categories.append((c["id"], str(c.get("name", c["id"]))))
+    categories.sort()
+    if not categories:
+        raise _fail(source, "there are no categories")
+    if len({c for c, _ in categories}) != len(categories):
+        raise _fail(source, "two categories share an id")
+    cat_index = {c: k for k, (c, _) in enumerate(categories)}
+    images, position = [], {}
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict):
+            raise _fail(source, f"images[{i}] is not an object")
+        ok = (isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+              and all(isinstance(im.get(k), int) and im[k] > 0 for k in ("width", "height")))
+        if not ok:
+            raise _fail(source, f"images[{i}] needs an integer id, a file_name and positive "
+                                f"integer width and height")
+        if im["id"] in position:
+            raise _fail(source, f"image id {im['id']} appears twice")
+        position[im["id"]] = len(images)
+        images.append((im["id"], im["file_name"], im["height"], im["width"]))
+    annotations: list[list] = [[] for _ in images]
+    ids = ", ".join(str(c) for c, _ in categories[:12]) + (", ..." if len(categories) > 12
+                                                           else "")
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise _fail(source, f"annotations[{i}] is not an object")
+        if a.get("image_id") not in position:
+            raise _fail(source, f"annotations[{i}] refers to image_id {a.get('image_id')!r}, "
+                                f"which is not among the images")
+        if a.get("category_id") not in cat_index:
+            raise _fail(source, f"annotations[{i}] has category_id {a.get('category_id')!r}, "
+                                f"which is not among the category ids ({ids})")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_number, bbox))
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise _fail(source, f"annotations[{i}] needs a bbox [x, y, width, height] with "
+                                f"non-negative width and height, got {bbox!r}")
+        segmentation = a.get("segmentation")
+        if need_masks and not _valid_segmentation(segmentation):
+            raise _fail(source, f"annotations[{i}] has no polygon or RLE segmentation, which "
+                                f"segmentation needs")
+        annotations[position[a["image_id"]]].append(
+            ([float(v) for v in bbox], cat_index[a["category_id"]], bool(a.get("iscrowd", 0)),
+             segmentation if need_masks else None))
+    return CocoIndex(source, categories, images, annotations)
+
+
+def _valid_segmentation(seg: Any) -> bool:
+    if isinstance(seg, list):
+        return bool(seg) and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                                 and all(map(_number, p)) for p in seg)
+    return isinstance(seg, dict) and isinstance(seg.get("size"), list) \
+        and isinstance(seg.get("counts"), (list, str))
+
+
+def read_coco(path: Path, need_masks: bool = False) -> CocoIndex:
+    """Read and check an instances JSON file."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise DataError(f"cannot read annotations {path} ({reason})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" \
+            if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise DataError(f"{path} is not valid JSON ({where}); fix or re-export the "
+                        f"annotations") from None
+    return parse_coco(data, str(path), need_masks)
+
+
+def find_split(root: Path, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of the split ``train`` or ``val`` under ``root``."""
+    layout = (f"point --data (data.root) at a folder holding annotations/instances_{split}*.json "
+              f"and the images in {split}*/")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {layout}")
+    found = sorted((root / "annotations").glob(f"instances_{split}*.json"))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise DataError(f"{root} has {what} annotations/instances_{split}*.json; {layout}")
+    images = root / found[0].stem[len("instances_"):]
+    if not images.is_dir():
+        raise DataError(f"image folder {images} (named after {found[0].name}) does not exist; "
+                        f"{layout}")
+    return found[0], images
+
+
+def _to_rle(seg: Any, height: int, width: int):
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+
+
+def rasterise(annotations: Sequence[tuple], height: int, width: int, source: str
+              ) -> np.ndarray:
+    """A uint8 class map of one image: larger objects first, so smaller ones stay visible."""
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((height, width), dtype=np.uint8)
+    for _, label, crowd, seg in sorted(annotations, key=lambda a: -a[0][2] * a[0][3]):
+        try:
+            with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                m = mask_utils.decode(_to_rle(seg, height, width))
+        except (ValueError, TypeError, KeyError, UnicodeEncodeError) as exc:
+            raise DataError(f"{source}: a segmentation cannot be decoded ({exc}); fix the "
+                            f"annotations") from None
+        if m.shape != (height, width):
+            raise DataError(f"{source}: an RLE mask of size {list(m.shape)} does not match its "
+                            f"image ({height}x{width}); fix the annotations")
+        out[m > 0] = IGNORE if crowd else label + 1
+    return out
+
+
+def collate_dense(batch: Sequence[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
+    """Images stacked; masks stacked, box targets kept as a list (their sizes differ)."""
+    images = torch.stack([item[0] for item in batch])
+    targets = [item[1] for item in batch]
+    if isinstance(targets[0], torch.Tensor):
+        return images, torch.stack(targets)
+    return images, targets
+
+
+class CocoDataset(Dataset):
+    """One split of a COCO-style dataset for ``task`` (detection or segmentation).
+
+    ``pixels``: the images themselves (uint8 ``[H, W, 3]`` arrays, in-memory data such as
+    the synthetic scenes); otherwise files in ``image_dir``, checked to exist up front.
+    """
+
+    collate_fn = staticmethod(collate_dense)
+
+    def __init__(self, index: CocoIndex, task: str, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], *, train: bool, hflip: bool = True,
+                 image_dir: Path | None = None, pixels: Sequence[np.ndarray] | None = None
+                 ) -> None:
+        self.index, self.task, self.train, self.hflip = index, task, train, bool(hflip)
+        self.image_size = _check_size(image_size)
+        self.normalize = _Normalize(image_size, mean, std)
+        self.image_dir, self.pixels = image_dir, pixels
+        if pixels is None:
+            for _, name, _, _ in index.images:
+                if not (image_dir / name).is_file():
+                    raise DataError(f"image file {image_dir / name} listed in {index.source} is "
+                                    f"missing; restore it or remove it from the annotations")
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def _read(self, i: int) -> torch.Tensor:
+        image_id, name, height, width = self.index.images[i]
+        if self.pixels is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.pixels[i])).permute(2, 0, 1)
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.image_dir / name
+        try:
+            with Image.open(path) as img:
+                x = pil_to_tensor(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError):
+            raise DataError(f"image file {path} is unreadable; restore it or remove it from "
+                            f"{self.index.source}") from None
+        if tuple(x.shape[-2:]) != (height, width):
+            raise DataError(f"image file {path} is {x.shape[-1]}x{x.shape[-2]} but "
+                            f"{self.index.source} says {width}x{height}; fix the annotations")
+        return x
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        image_id, _, height, width = self.index.images[i]
+        size = self.image_size
+        img = self._read(i)
+        scale = size / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        flip = self.train and self.hflip and bool(torch.rand(()) < 0.5)
+        x = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", align_corners=False,
+                          antialias=True)[0] if (h, w) != (height, width) else img.float()
+        x = x.mul_(self.normalize._scale).sub_(self.normalize._bias)
+        canvas = torch.zeros(3, size, size)
+        canvas[:, :h, :w] = x.flip(-1) if flip else x
+        annotations = self.index.annotations[i]
+        if self.task == "segmentation":
+            classes = torch.from_numpy(rasterise(annotations, height, width, self.index.source))
+            classes = F.interpolate(classes[None, None].float(), size=(h, w),
+                                    mode="nearest")[0, 0].long()
+            mask = torch.full((size, size), IGNORE, dtype=torch.long)
+            mask[:h, :w] = classes.flip(-1) if flip else classes
+            return canvas, mask
+        boxes = torch.tensor([a[0] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes = boxes * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width * scale)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height * scale)
+        if flip:
+            boxes = torch.stack([width * scale - boxes[:, 2], boxes[:, 1],
+                                 width * scale - boxes[:, 0], boxes[:, 3]], 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        target = {
+            "boxes": boxes[keep],
+            "labels": torch.tensor([a[1] for a in annotations], dtype=torch.long)[keep],
+            "iscrowd": torch.tensor([a[2] for a in annotations], dtype=torch.bool)[keep],
+            "image_id": image_id, "scale": scale, "size": size,
+        }
+        return canvas, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDataset({self.index.source}: {len(self)} images, {self.task}, "
+                f"{self.image_size} px canvas, train={self.train})")

@@ -23,6 +23,7 @@ from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.config import load_config
 from mutualnet.evaluate import evaluate
 from mutualnet.run import load_run
+from mutualnet.space import to_config
 from mutualnet.tasks import ClassificationTask
 from mutualnet.train import train
 
@@ -30,25 +31,36 @@ BATCHES, BATCH = 16, 128
 
 
 def official(run, configs, train_set, val_set, task, device):
-    """Per configuration: calibration batches from a fresh loader, then a full evaluation."""
+    """Per configuration, as the official code does it: calibration batches from a fresh
+    loader, BN recalibration, then a full evaluation pass of the slimmable model."""
     rows = []
     cfg = run.config
+    model = run.model.eval()
     for config in configs:
         batches = calibration_batches(train_set, BATCHES, BATCH, cfg.train.seed,
                                       cfg.data.num_workers, device)
-        calibrate(run.model, batches, [config])
-        loader = DataLoader(val_set, batch_size=256, num_workers=cfg.data.num_workers)
-        rows += evaluate(run.model, loader, [config], task, device)
+        calibrate(model, batches, [config])
+        model.set_config(config)
+        correct = total = 0
+        with torch.no_grad():
+            for images, labels in DataLoader(val_set, batch_size=256,
+                                             num_workers=cfg.data.num_workers):
+                output = model(to_config(images.to(device), config))
+                correct += int((output.argmax(1) == labels.to(device)).sum())
+                total += labels.shape[0]
+        rows.append({"top1": 100.0 * correct / total})
     return rows
 
 
 def ours(run, configs, train_set, val_set, task, device):
+    """What `mutualnet evaluate` does: calibration batches decoded once for all
+    configurations, then one pass over the evaluation set for all of them."""
     cfg = run.config
     batches = calibration_batches(train_set, BATCHES, BATCH, cfg.train.seed,
-                                  cfg.data.num_workers, device)
+                                  cfg.data.num_workers, device, cfg.train.channels_last)
     calibrate(run.model, batches, configs)
     loader = DataLoader(val_set, batch_size=256, num_workers=cfg.data.num_workers)
-    return evaluate(run.model, loader, configs, task, device)
+    return evaluate(run.model, loader, configs, task, device, cfg.train.channels_last)
 
 
 def main() -> None:

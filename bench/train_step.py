@@ -31,7 +31,8 @@ def configs(lo: float, resolutions: tuple[int, ...]) -> list[Config]:
     return [Config(1.0, r[0]), Config(lo, r[-1]), Config(0.8, r[1]), Config(0.6, r[2])]
 
 
-def build(name: str, shape: str, device: torch.device, channels_last: bool):
+def build(name: str, shape: str, device: torch.device, channels_last: bool,
+          batch: int | None = None):
     small, resolutions, cpu_batch, gpu_batch = SHAPES[shape]
     lo = 0.35
     kwargs = {"num_classes": 100 if small else 1000, "small_input": small}
@@ -42,7 +43,7 @@ def build(name: str, shape: str, device: torch.device, channels_last: bool):
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     slim = slim.to(memory_format=memory_format)
     static = [s.to(memory_format=memory_format) for s in static]
-    batch = gpu_batch if device.type == "cuda" else cpu_batch
+    batch = batch or (gpu_batch if device.type == "cuda" else cpu_batch)
     x = torch.randn(batch, 3, resolutions[0], resolutions[0], device=device)
     x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
@@ -74,7 +75,8 @@ def static_step(nets, opt, cfgs, x, y):
     opt.step()
 
 
-def peak_memory(name: str, shape: str, which: str, device: str, channels_last: bool) -> float:
+def peak_memory(name: str, shape: str, which: str, device: str, channels_last: bool,
+                batch: int | None) -> float:
     """Peak memory growth (MiB) over three steps, in a fresh process so the numbers are clean.
 
     On CPU: freed heap is returned to the system after building the networks, the resident
@@ -85,7 +87,7 @@ import ctypes, sys, torch
 sys.path.insert(0, 'bench')
 from train_step import build, slim_step, static_step
 device = torch.device({device!r})
-slim, static, cfgs, x, y = build({name!r}, {shape!r}, device, {channels_last!r})
+slim, static, cfgs, x, y = build({name!r}, {shape!r}, device, {channels_last!r}, {batch!r})
 if {which!r} == 'slim':
     opt = torch.optim.SGD(slim.parameters(), lr=0.01, momentum=0.9)
     step = lambda: slim_step(slim, opt, cfgs, x, y)
@@ -125,13 +127,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--contiguous-format", action="store_true",
                         help="NCHW instead of channels-last (the recipes' default) for both sides")
+    parser.add_argument("--batch", type=int, help="batch size instead of the shape's default")
     args = parser.parse_args()
     device = torch.device(args.device)
     channels_last = not args.contiguous_format
     results = []
     for name in args.models.split(","):
         for shape in args.shapes.split(","):
-            slim, static, cfgs, x, y = build(name, shape, device, channels_last)
+            slim, static, cfgs, x, y = build(name, shape, device, channels_last, args.batch)
             opt_a = torch.optim.SGD(slim.parameters(), lr=0.01, momentum=0.9)
             opt_b = torch.optim.SGD([p for n in static for p in n.parameters()], lr=0.01,
                                     momentum=0.9)
@@ -139,8 +142,8 @@ def main() -> None:
                 "mutualnet_step": lambda: slim_step(slim, opt_a, cfgs, x, y),
                 "floor": lambda: static_step(static, opt_b, cfgs, x, y),
             }, rounds=args.rounds, warmup=2, device=device)
-            mem_slim = peak_memory(name, shape, "slim", args.device, channels_last)
-            mem_full = peak_memory(name, shape, "static", args.device, channels_last)
+            mem_slim = peak_memory(name, shape, "slim", args.device, channels_last, args.batch)
+            mem_full = peak_memory(name, shape, "static", args.device, channels_last, args.batch)
             row = {"model": name, "shape": shape, "batch": x.shape[0],
                    "configs": [f"{c.width:g}-{c.resolution}" for c in cfgs],
                    "step_s": round(t["mutualnet_step"], 4), "floor_s": round(t["floor"], 4),

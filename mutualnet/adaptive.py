@@ -29,6 +29,9 @@ class AdaptiveModel(nn.Module):
         self.model = run.model
         self.grid = grid
         self.active: dict[str, Any] | None = None
+        # the inference network of each configuration used so far (extracted, BN folded):
+        # switching back is free and a forward pass does no slicing or normalisation
+        self._nets: dict[str, nn.Module] = {}
         self.use(Config(run.model.max_width, max(run.config.space.resolutions)))
 
     @classmethod
@@ -65,4 +68,11 @@ class AdaptiveModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        return self.model(to_config(images.to(self.run.device), self.model.config))
+        from .evaluate import static_network
+
+        config = self.model.config
+        net = self._nets.get(config.key)
+        if net is None:
+            net = self._nets[config.key] = static_network(
+                self.model, config, self.run.config.train.channels_last)
+        return net(to_config(images.to(self.run.device), config))

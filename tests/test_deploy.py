@@ -13,7 +13,7 @@ from mutualnet.errors import ConfigError
 from mutualnet.export import fold_batchnorm, load_exported
 from mutualnet.run import load_run
 from mutualnet.select import pareto_front, read_grid, select
-from mutualnet.space import Config
+from mutualnet.space import Config, to_config
 from mutualnet.train import train
 
 from test_train import tiny
@@ -138,8 +138,12 @@ def test_adaptive_model_serves_a_budget(run_dir):
     row = m.set_budget(mmacs=budget)
     assert row == select(rows, max_mmacs=budget)
     assert m.config == Config(row["width"], row["resolution"])
-    out = m(torch.randn(2, 3, 40, 40))  # any input size: resized to the configuration
+    x = torch.randn(2, 3, 40, 40)
+    out = m(x)  # any input size: resized to the configuration
     assert out.shape == (2, 10)
+    with torch.no_grad():  # served by the folded static network: the slimmable model's function
+        want = m.model.eval()(to_config(x, m.config))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no configuration fits"):
         m.set_budget(mmacs=1e-6)
 

@@ -11,6 +11,7 @@ from .errors import ConfigError
 from .nn.layers import _SlimBatchNormNd
 from .nn.model import SlimmableModel
 from .space import Config, to_config
+from .space import channels_last as layout
 
 __all__ = ["calibrate"]
 
@@ -81,8 +82,8 @@ def calibration_batches(
     batches = []
     for images, _ in loader:
         images = images.to(device, non_blocking=True)
-        if channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if channels_last and images.dim() in (4, 5):
+            images = images.contiguous(memory_format=layout(images.dim()))
         batches.append(images)
         if len(batches) == count:
             break

@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .nn.extract import fold_batchnorm, to_static
 from .nn.model import SlimmableModel
 from .space import Config, to_config
+from .space import channels_last as layout
 
 __all__ = ["average_clips", "evaluate", "static_network"]
 
@@ -46,7 +47,7 @@ def evaluate(
         if clips:
             images = images.flatten(0, 1)
         if channels_last and images.dim() in (4, 5):
-            images = images.contiguous(memory_format=_memory_format(images.dim()))
+            images = images.contiguous(memory_format=layout(images.dim()))
         resized: dict[tuple, Tensor] = {}
         for config, net, meter in zip(configs, nets, meters):
             view = (config.resolution, config.frames)
@@ -72,17 +73,13 @@ def average_clips(logits: Tensor, clips: int) -> Tensor:
     return probs.log()
 
 
-def _memory_format(dims: int) -> torch.memory_format:
-    return torch.channels_last_3d if dims == 5 else torch.channels_last
-
-
 def static_network(model: SlimmableModel, config: Config,
                    channels_last: bool = False) -> torch.nn.Module:
     """The inference network of one configuration: extracted, BN folded, in eval mode."""
     with model.using(config):
         net = fold_batchnorm(to_static(model)).eval()
     if channels_last:
-        net = net.to(memory_format=_memory_format(5 if getattr(model, "temporal", False) else 4))
+        net = net.to(memory_format=layout(5 if getattr(model, "temporal", False) else 4))
     return net
 
 

@@ -11,7 +11,7 @@ import torch
 from .config import MIN_RESOLUTION, RunConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .nn.model import SlimmableModel
-from .space import Config, Space
+from .space import Config, Space, channels_last
 from .tasks import build_task_model
 from .train.checkpoint import (CHECKPOINT, WEIGHTS, load_checkpoint, load_model_state, load_weights,
                                save_weights)
@@ -128,6 +128,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
                               f"restore the file or retrain") from None
     load_model_state(model, state, f"the weights in {source}")
     model.to(device).eval()
+    if config.train.channels_last:  # the recipe's layout: calibration runs about 2x faster
+        model.to(memory_format=channels_last(5 if getattr(model, "temporal", False) else 4))
     return Run(path, config, meta, model, device)
 
 

@@ -93,6 +93,11 @@ class Space:
         return [Config(w, r, t) for w in widths for r in sorted(self.resolutions) for t in frames]
 
 
+def channels_last(dims: int) -> torch.memory_format:
+    """The channels-last layout of a tensor with ``dims`` dimensions (images 4, clips 5)."""
+    return torch.channels_last_3d if dims == 5 else torch.channels_last
+
+
 def to_config(images: Tensor, config: Config) -> Tensor:
     """The batch as a configuration sees it: bilinear resize on the device (and, for clips
     ``[N, C, T, H, W]``, temporal subsampling to ``config.frames`` evenly spaced frames)."""

@@ -29,7 +29,7 @@ from ..data.base import collate_fn_of, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
 from ..nn.model import SlimmableModel
-from ..space import Space, to_config
+from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
 from .checkpoint import (WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint,
                          save_weights)
@@ -247,8 +247,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                               f"but data.format {cfg.data.format} gives "
                               f"{'images' if clips else 'clips'}; choose a matching model")
         if tc.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d if clips
-                             else torch.channels_last)
+            model = model.to(memory_format=channels_last(5 if clips else 4))
         optimizer = build_optimizer(model, cfg.optim)
         if cfg.model.backbone_weights and not resume:
             load_backbone_weights(model, cfg.model.backbone_weights)
@@ -313,8 +312,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                     images = images.to(device, non_blocking=True)
                     labels = to_device(labels, device)
                     if tc.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last_3d
-                                                   if images.dim() == 5 else torch.channels_last)
+                        images = images.contiguous(memory_format=channels_last(images.dim()))
                     losses = _train_step(model, ddp_model, images, labels, configs, task,
                                          optimizer, scaler, amp_dtype, device, dist, step,
                                          tc.skip_nonfinite, tc.accumulate)

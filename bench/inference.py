@@ -41,7 +41,11 @@ def main() -> None:
             path = Path(tmp) / "m.onnx"
             torch.onnx.export(fold_batchnorm(slim.subnet(w, r).eval()), (x,), str(path),
                               input_names=["images"], dynamo=False)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # without this, onnxruntime's idle threads keep spinning after each run and slow
+            # down whichever contender the interleaved rounds run next
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             feed = {"images": x.numpy()}
             with torch.inference_mode():
                 t = interleaved({

@@ -108,6 +108,34 @@ def test_mean_iou_from_a_hand_computed_confusion_matrix_summable_over_batches():
     assert torch.equal(halves, confusion)
 
 
+def test_a_process_without_evaluation_images_still_joins_the_segmentation_merge():
+    import threading
+
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_reduce_for(rank):  # two "processes" summing tensors, as torch.distributed would
+        def all_reduce(tensor):
+            slots[rank] = tensor.clone()
+            barrier.wait(timeout=5)
+            total = slots[0] + slots[1]
+            barrier.wait(timeout=5)
+            return total
+        return all_reduce
+
+    target = torch.tensor([[[0, 1], [2, 2]]])
+    busy, idle = SegmentationTask().meter(), SegmentationTask().meter()
+    busy.update(torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float(), target,
+                Config(1.0, 2))
+    threads = [threading.Thread(target=m.reduce, args=(all_reduce_for(r),))
+               for r, m in enumerate((busy, idle))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert busy.result() == idle.result() == {"miou": 100.0, "pixel_acc": 100.0}
+
+
 # ------------------------------------------------------------------------------------------
 # dense networks
 

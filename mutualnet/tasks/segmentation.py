@@ -89,8 +89,19 @@ class SegmentationMeter:
         self.confusion = counts if self.confusion is None else self.confusion + counts
 
     def reduce(self, all_reduce) -> None:
-        if all_reduce is not None and self.confusion is not None:
-            self.confusion = all_reduce(self.confusion)
+        """Sum the matrices of all processes. Every process takes part, also one that saw no
+        image (it learns the class count from the others), or the collective would hang."""
+        if all_reduce is None:
+            return
+        seen = self.confusion is not None
+        size = self.confusion.shape[0] if seen else 0
+        sizes = all_reduce(torch.tensor([float(size), float(seen)], dtype=torch.float64))
+        if sizes[1] == 0:
+            return
+        n = int(round(float(sizes[0] / sizes[1])))
+        if not seen:
+            self.confusion = torch.zeros(n, n, dtype=torch.long)
+        self.confusion = all_reduce(self.confusion)
 
     def result(self) -> dict[str, float]:
         if self.confusion is None:

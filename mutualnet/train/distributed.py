@@ -46,8 +46,15 @@ class Distributed:
             dist.barrier()
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        """The sum over processes, on the tensor's own device (NCCL reduces only GPU tensors,
+        so host tensors such as metric counts travel through the GPU and back)."""
+        if not self.enabled:
+            return tensor
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            reduced = tensor.to(f"cuda:{self.local_rank}")
+            dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+            return reduced.to(tensor.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def shutdown(self) -> None:

@@ -70,8 +70,7 @@ PRESETS: dict[str, Preset] = {
         seeds=3, width_step=0.25, calibration_batches=2,
     ),
     "fashion-mnist": Preset(
-        "Fashion-MNIST, the default recipe's network over widths 0.25-1.0 and 16-28 px, "
-        "3 epochs per run",
+        "Fashion-MNIST, the default recipe's network over widths 0.25-1.0 and 16-28 px",
         ("data.format=fashion_mnist", "data.augment=shift", "data.shift=2", "data.hflip=false",
          *_FASHION_MODEL, "space.width_range=[0.25, 1.0]", "space.resolutions=[28, 24, 20, 16]",
          "optim.lr=0.1", "optim.weight_decay=5e-5", "optim.warmup_epochs=0.2",
@@ -80,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         ((1.0, 28), (0.75, 24), (0.5, 24), (0.35, 20), (0.35, 16), (0.25, 16)),
     ),
     "cifar10": Preset(
-        "CIFAR-10 (python batches via --data), MobileNetV2 small-input layout, 200 epochs",
+        "CIFAR-10 (python batches via --data), MobileNetV2 small-input layout",
         ("data.format=cifar10", "data.augment=shift", "data.shift=4", "data.hflip=true",
          "data.num_workers=4", "model.name=mobilenet_v2", "model.options={small_input: true}",
          "space.width_range=[0.35, 1.0]", "space.resolutions=[32, 28, 24, 20]",
@@ -330,7 +329,8 @@ def _markdown(report: dict) -> str:
     lines = [
         f"# Reproduction: {report['preset']}",
         "",
-        f"{report['description']}. {_seeds(report['seeds'])}; top-1 (%) mean ± std over "
+        f"{report['description']}; {report['recipe']['train']['epochs']} epochs per run. "
+        f"{_seeds(report['seeds'])}; top-1 (%) mean ± std over "
         f"seeds, all methods calibrated and evaluated the same way. MutualNet and US-Nets take "
         f"their most accurate configuration within each budget (MACs of the budget "
         f"configuration).",

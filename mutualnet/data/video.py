@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .folder import _FIX, _list_files, _reason, list_classes
-from .transforms import TrainTransform, _Normalize
+from .transforms import ImageEvalTransform, TrainTransform
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -105,17 +105,10 @@ class ClipTrainTransform(TrainTransform):
         return "Clip" + super().__repr__()
 
 
-class ClipEvalTransform(_Normalize):
+class ClipEvalTransform(ImageEvalTransform):
     """Evaluation transform of a uint8 clip ``[T, C, H, W]``: resize the shorter side to
     ``round(image_size / crop_ratio)``, centre crop ``image_size``, normalise; returns
     ``[C, T, S, S]``."""
-
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], *,
-                 crop_ratio: float = 0.875):
-        super().__init__(image_size, mean, std)
-        if not 0 < crop_ratio <= 1:
-            raise ConfigError(f"data.eval_crop_ratio must be in (0, 1], got {crop_ratio!r}")
-        self.crop_ratio = float(crop_ratio)
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         _check_clip(clip, len(self.mean))

@@ -73,6 +73,51 @@ def _list_files(class_dir: Path) -> list[str]:
     return files
 
 
+def folder_samples(
+    root: Path, classes: list[str] | None, kind: str, check: Callable[[str], str | None],
+    skip_bad_files: bool, extensions: tuple[str, ...] | None = None,
+) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """The (path, label) samples of a split folder with one sub-folder per class, the class
+    names (``classes``: the train split's, which this split must match) and the files skipped
+    as unreadable (``check`` gives the reason, with ``skip_bad_files``). ``kind`` names the
+    files in messages; ``extensions`` keeps only files with those endings."""
+    found = list_classes(root, kind=kind)
+    if classes is None:
+        classes = found
+    elif found != list(classes):
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        parts = ([f"lacks {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"has extra {', '.join(extra[:5])}"] if extra else [])
+        raise DataError(f"{root} must hold the same class folders as train: it "
+                        f"{' and '.join(parts)}")
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = _list_files(root / name)
+        if extensions is not None:
+            files = [f for f in files if f.lower().endswith(extensions)]
+        if not files:
+            which = f" ({', '.join(extensions)})" if extensions else ""
+            raise DataError(f"class folder {root / name} holds no {kind}{which}; add some "
+                            f"or remove the folder")
+        samples.extend((f, label) for f in files)
+    skipped: list[str] = []
+    if skip_bad_files:
+        workers = min(16, 2 * (os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            reasons = list(pool.map(check, (p for p, _ in samples), chunksize=64))
+        skipped = [p for (p, _), r in zip(samples, reasons) if r is not None]
+        if skipped:
+            samples = [s for s, r in zip(samples, reasons) if r is None]
+            first = ", ".join(skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            log.warning("skipped %d unreadable file(s) in %s: %s%s", len(skipped), root,
+                        first, more)
+    if not samples:
+        raise DataError(f"{root} holds no readable {kind}; add some or point --data elsewhere")
+    return list(classes), samples, skipped
+
+
 class ImageFolderDataset(Dataset):
     """The images of one split (``split_dir/<class>/...``), decoded with Pillow on access.
 
@@ -85,39 +130,8 @@ class ImageFolderDataset(Dataset):
     def __init__(self, split_dir: str | os.PathLike, transform: Callable[[Any], torch.Tensor], *,
                  classes: list[str] | None = None, skip_bad_files: bool = False):
         self.root = Path(split_dir).expanduser()
-        found = list_classes(self.root)
-        if classes is None:
-            classes = found
-        elif found != list(classes):
-            missing = sorted(set(classes) - set(found))
-            extra = sorted(set(found) - set(classes))
-            parts = ([f"lacks {', '.join(missing[:5])}"] if missing else []) + \
-                    ([f"has extra {', '.join(extra[:5])}"] if extra else [])
-            raise DataError(f"{self.root} must hold the same class folders as train: it "
-                            f"{' and '.join(parts)}")
-        self.classes = list(classes)
-        samples: list[tuple[str, int]] = []
-        for label, name in enumerate(self.classes):
-            files = _list_files(self.root / name)
-            if not files:
-                raise DataError(f"class folder {self.root / name} holds no images; add some "
-                                f"or remove the folder")
-            samples.extend((f, label) for f in files)
-        self.skipped: list[str] = []
-        if skip_bad_files:
-            workers = min(16, 2 * (os.cpu_count() or 1))
-            with ThreadPoolExecutor(workers) as pool:
-                reasons = list(pool.map(check_image, (p for p, _ in samples), chunksize=64))
-            self.skipped = [p for (p, _), r in zip(samples, reasons) if r is not None]
-            if self.skipped:
-                samples = [s for s, r in zip(samples, reasons) if r is None]
-                first = ", ".join(self.skipped[:3])
-                more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-                log.warning("skipped %d unreadable file(s) in %s: %s%s", len(self.skipped),
-                            self.root, first, more)
-        if not samples:
-            raise DataError(f"{self.root} holds no readable images; add some or point --data "
-                            f"elsewhere")
+        self.classes, samples, self.skipped = folder_samples(
+            self.root, classes, "images", check_image, skip_bad_files)
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.transform = transform

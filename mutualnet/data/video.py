@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .folder import _FIX, _list_files, _reason, list_classes
+from .folder import _FIX, _reason, folder_samples
 from .transforms import ImageEvalTransform, TrainTransform
 
 if TYPE_CHECKING:
@@ -211,31 +210,8 @@ class VideoFolderDataset(Dataset):
                  transform: Callable[[torch.Tensor], torch.Tensor], train: bool, *,
                  classes: list[str] | None = None, skip_bad_files: bool = False):
         self.root = Path(split_dir).expanduser()
-        found = list_classes(self.root, kind="videos")
-        if classes is not None and found != list(classes):
-            raise DataError(f"{self.root} must hold the same class folders as train "
-                            f"({len(classes)}), found {len(found)}: {', '.join(found[:5])}")
-        self.classes = list(classes or found)
-        samples: list[tuple[str, int]] = []
-        for label, name in enumerate(self.classes):
-            files = [f for f in _list_files(self.root / name)
-                     if f.lower().endswith(VIDEO_EXTENSIONS)]
-            if not files:
-                raise DataError(f"class folder {self.root / name} holds no videos "
-                                f"({', '.join(VIDEO_EXTENSIONS)}); add some or remove the folder")
-            samples.extend((f, label) for f in files)
-        self.skipped: list[str] = []
-        if skip_bad_files:
-            with ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as pool:
-                reasons = list(pool.map(check_video, (p for p, _ in samples)))
-            self.skipped = [p for (p, _), r in zip(samples, reasons) if r is not None]
-            samples = [s for s, r in zip(samples, reasons) if r is None]
-            if self.skipped:
-                log.warning("skipped %d unreadable video(s) in %s: %s", len(self.skipped),
-                            self.root, ", ".join(self.skipped[:3]))
-        if not samples:
-            raise DataError(f"{self.root} holds no readable videos; add some or point --data "
-                            f"elsewhere")
+        self.classes, samples, self.skipped = folder_samples(
+            self.root, classes, "videos", check_video, skip_bad_files, VIDEO_EXTENSIONS)
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.sampler, self.transform, self.train = sampler, transform, train

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -26,6 +28,7 @@ def evaluate(
     device: torch.device,
     channels_last: bool = False,
     all_reduce=None,
+    groups: int | None = None,
 ) -> list[dict]:
     """Each batch is decoded once, resized once per resolution and run through every
     configuration.
@@ -37,24 +40,43 @@ def evaluate(
     configuration. ``all_reduce`` sums tensors over processes in a distributed run (each
     meter merges its state with it). A batch of several clips per video,
     ``[N, K, C, T, H, W]``, is scored per video (:func:`average_clips`).
+
+    On CPU the configurations are split into ``groups`` (default: :func:`cpu_groups`) of
+    about equal cost that run side by side in threads, the torch threads shared out between
+    them: small networks use cores better one per configuration than all on one.
     """
     nets = [static_network(model, config, channels_last) for config in configs]
     meters = [task.meter() for _ in configs]
-    for images, labels in batches:
-        images = images.to(device, non_blocking=True)
-        labels = to_device(labels, device)
-        clips = images.shape[1] if images.dim() == 6 else 0
-        if clips:
-            images = images.flatten(0, 1)
-        if channels_last and images.dim() in (4, 5):
-            images = images.contiguous(memory_format=layout(images.dim()))
-        resized: dict[tuple, Tensor] = {}
-        for config, net, meter in zip(configs, nets, meters):
-            view = (config.resolution, config.frames)
-            if view not in resized:
-                resized[view] = to_config(images, config)
-            output = net(resized[view])
-            meter.update(average_clips(output, clips) if clips else output, labels, config)
+    if groups is None:
+        groups = cpu_groups(len(configs)) if device.type == "cpu" else 1
+    parts = split_by_cost(configs, groups)
+
+    def run_part(part: list[int], images: Tensor, labels, clips: int) -> None:
+        with torch.no_grad():  # grad mode is per thread
+            resized: dict[tuple, Tensor] = {}
+            for i in part:
+                config = configs[i]
+                view = (config.resolution, config.frames)
+                if view not in resized:
+                    resized[view] = to_config(images, config)
+                output = nets[i](resized[view])
+                meters[i].update(average_clips(output, clips) if clips else output, labels,
+                                 config)
+
+    with _threads(len(parts)) as pool:
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True)
+            labels = to_device(labels, device)
+            clips = images.shape[1] if images.dim() == 6 else 0
+            if clips:
+                images = images.flatten(0, 1)
+            if channels_last and images.dim() in (4, 5):
+                images = images.contiguous(memory_format=layout(images.dim()))
+            if pool is None:
+                run_part(parts[0], images, labels, clips)
+            else:
+                for future in [pool.submit(run_part, p, images, labels, clips) for p in parts]:
+                    future.result()
     rows = []
     for config, meter in zip(configs, meters):
         meter.reduce(all_reduce)
@@ -64,6 +86,45 @@ def evaluate(
         entry.update(meter.result())
         rows.append(entry)
     return rows
+
+
+#: most configuration groups run side by side on CPU (more threads mostly wait on Python)
+MAX_CPU_GROUPS = 4
+
+
+def cpu_groups(num_configs: int) -> int:
+    """How many groups of configurations to run side by side on CPU: one per torch thread,
+    at most ``MAX_CPU_GROUPS`` and ``num_configs``."""
+    return max(1, min(torch.get_num_threads(), MAX_CPU_GROUPS, num_configs))
+
+
+def split_by_cost(configs: Sequence[Config], groups: int) -> list[list[int]]:
+    """Indices of ``configs`` in ``groups`` parts of about equal cost (width² × pixels ×
+    frames, a proxy of MACs), each part in the original order; empty parts are dropped."""
+    costs = [c.width ** 2 * (c.resolution or 1) ** 2 * (c.frames or 1) for c in configs]
+    parts: list[list[int]] = [[] for _ in range(max(1, groups))]
+    loads = [0.0] * len(parts)
+    for i in sorted(range(len(configs)), key=lambda i: -costs[i]):
+        k = loads.index(min(loads))
+        parts[k].append(i)
+        loads[k] += costs[i]
+    return [sorted(p) for p in parts if p]
+
+
+@contextlib.contextmanager
+def _threads(parts: int):
+    """A pool of one thread per part, the torch threads shared out between them (restored
+    after); ``None`` for a single part."""
+    if parts <= 1:
+        yield None
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, previous // parts))
+    try:
+        with ThreadPoolExecutor(parts, thread_name_prefix="evaluate") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(previous)
 
 
 def average_clips(logits: Tensor, clips: int) -> Tensor:

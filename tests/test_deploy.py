@@ -198,3 +198,39 @@ def test_export_to_a_missing_directory_is_one_line(run_dir, tmp_path):
     proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", "onnx",
                "-o", tmp_path / "no" / "m.onnx")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_split_by_cost_gives_every_configuration_to_exactly_one_balanced_part():
+    from mutualnet.evaluate import split_by_cost
+
+    configs = [Config(w / 20, r) for w in range(7, 21) for r in (20, 24, 28)]
+    parts = split_by_cost(configs, 3)
+    assert sorted(i for p in parts for i in p) == list(range(len(configs)))
+    assert all(p == sorted(p) for p in parts)
+    cost = [sum(configs[i].width ** 2 * configs[i].resolution ** 2 for i in p) for p in parts]
+    assert max(cost) / min(cost) < 1.1
+    assert sorted(split_by_cost(configs[:2], 4)) == [[0], [1]]  # no empty parts
+
+
+def test_evaluating_configurations_side_by_side_gives_the_same_rows(run_dir):
+    from torch.utils.data import DataLoader
+
+    from mutualnet.evaluate import evaluate
+    from mutualnet.tasks import ClassificationTask
+
+    run = load_run(run_dir)
+    configs = [Config(w, r) for w in (0.5, 0.75, 1.0) for r in (12, 16)]
+    calibrate(run.model, calibration_batches(*_train_set(run), 2, 32, 0, 0,
+                                             torch.device("cpu")), configs)
+    _, val = run.datasets()
+    loader = DataLoader(val, batch_size=32)
+    threads = torch.get_num_threads()
+    one = evaluate(run.model, loader, configs, ClassificationTask(), torch.device("cpu"),
+                   groups=1)
+    three = evaluate(run.model, loader, configs, ClassificationTask(), torch.device("cpu"),
+                     groups=3)
+    assert torch.get_num_threads() == threads  # the torch threads are given back
+    for a, b in zip(one, three):
+        assert a.keys() == b.keys() and (a["width"], a["resolution"]) == (b["width"],
+                                                                          b["resolution"])
+        assert a["top1"] == pytest.approx(b["top1"], abs=0.5) and 0 < a["top1"] <= 100

@@ -51,10 +51,17 @@ def _positive(kind: type) -> Callable[[str], float]:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    import torch
+
+    from .models import create_model, list_models
 
     for name in list_models():
-        print(name)
+        with torch.device("meta"):  # only the kind of input is read
+            temporal = create_model(name).temporal
+        print(f"{name:20s} {'clips  [N, C, T, H, W]' if temporal else 'images [N, C, H, W]'}")
+    print("\nDetection and segmentation put a head on an image model: `task: detection` or "
+          "`task: segmentation` in a recipe, the backbone in model.name (configs/detection, "
+          "configs/segmentation).")
     return 0
 
 

@@ -9,7 +9,9 @@ from mutualnet.cli import main
 
 def test_models_lists_the_zoo(capsys):
     assert main(["models"]) == 0
-    assert "mobilenet_v2" in capsys.readouterr().out.split()
+    out = capsys.readouterr().out
+    assert "mobilenet_v2" in out.split() and "task: detection" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("x3d_m ")] == ["clips"]
 
 
 def test_macs_prints_json_lines(capsys):

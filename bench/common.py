@@ -15,6 +15,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mutualnet.train.allocator import retain_freed_memory  # noqa: E402
+
+# the allocator setting of the `mutualnet` commands, for both sides of every comparison
+# (MUTUALNET_MALLOC=system measures with the C library's defaults instead)
+ALLOCATOR = "freed memory retained" if retain_freed_memory() else "system default"
+
 
 def machine() -> dict:
     return {
@@ -23,6 +29,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "allocator": ALLOCATOR,
     }
 
 

@@ -352,10 +352,18 @@ def _one_line(exc: BaseException) -> str:
     return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0]
 
 
+#: commands that train or run networks: freed memory is kept for reuse in them
+_COMPUTING = {"train", "calibrate", "evaluate", "reproduce", "export"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if args.command in _COMPUTING:
+            from .train.allocator import retain_freed_memory
+
+            retain_freed_memory()
         return args.func(args)
     except MutualNetError as exc:
         signum = getattr(exc, "signum", None)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     summary = train(tiny("train.epochs=50", "train.validate=false", f"train.max_steps={step + 2}"),
                     run, resume=True)
     assert summary["steps"] == step + 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
+@pytest.mark.parametrize("setting,kept", [(None, True), ("system", False)])
+def test_freed_memory_is_kept_for_reuse_unless_the_environment_says_system(setting, kept):
+    code = (
+        "import os, torch\n"
+        "from mutualnet.train.allocator import retain_freed_memory\n"
+        "applied = retain_freed_memory()\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "x = torch.empty(16 * 2**20)\n"
+        "x.fill_(1.0)\n"
+        "before = rss()\n"
+        "del x\n"
+        "print(applied, before - rss() < 2**25)\n"  # 64 MiB freed: still resident if kept
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "MUTUALNET_"))}
+    if setting:
+        env["MUTUALNET_MALLOC"] = setting
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == [str(kept), str(kept)]

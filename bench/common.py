@@ -41,14 +41,17 @@ def sync(device: torch.device) -> None:
 def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int,
                 device: torch.device) -> dict[str, float]:
     """Median seconds of each function, run in alternating rounds so that machine noise hits
-    every contender alike."""
+    every contender alike. The order rotates from round to round, so that no contender always
+    runs right after the same other one (whose threads or caches it would inherit)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            fn = fns[name]
             sync(device)
             start = time.perf_counter()
             fn()

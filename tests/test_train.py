@@ -218,3 +218,11 @@ def test_freed_memory_is_kept_for_reuse_unless_the_environment_says_system(setti
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True).stdout.split()
     assert out == [str(kept), str(kept)]
+
+
+def test_an_unknown_allocator_setting_is_one_line_and_exit_2():
+    env = {**os.environ, "MUTUALNET_MALLOC": "sytem"}
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "calibrate", "no-such-run"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "MUTUALNET_MALLOC" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -19,6 +19,8 @@ import ctypes
 import os
 import sys
 
+from ..errors import ConfigError
+
 __all__ = ["retain_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -30,9 +32,14 @@ def retain_freed_memory() -> bool:
 
     Process-wide; the command line applies it for the commands that compute. Returns whether
     it applied: not on other C libraries or systems, not when the environment already sets any
-    ``MALLOC_*`` option (the user's choice wins), and not with ``MUTUALNET_MALLOC=system``.
+    ``MALLOC_*`` option (the user's choice wins), and not with ``MUTUALNET_MALLOC=system``
+    (``retain``, the default, is the only other value).
     """
-    if (not sys.platform.startswith("linux") or os.environ.get("MUTUALNET_MALLOC") == "system"
+    setting = os.environ.get("MUTUALNET_MALLOC", "retain")
+    if setting not in ("retain", "system"):
+        raise ConfigError(f"MUTUALNET_MALLOC must be 'retain' (the default) or 'system', "
+                          f"got {setting!r}")
+    if (setting == "system" or not sys.platform.startswith("linux")
             or any(k.startswith("MALLOC_") for k in os.environ)):
         return False
     try:

@@ -12,37 +12,77 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
+import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common import emit
 
 from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.config import load_config
+from mutualnet.data.base import evaluation_loader
 from mutualnet.evaluate import evaluate
+from mutualnet.nn.layers import _SlimBatchNormNd
 from mutualnet.run import load_run
 from mutualnet.space import to_config
 from mutualnet.tasks import ClassificationTask
 from mutualnet.train import train
+from mutualnet.train.order import EpochOrder, SeededItems
 
 BATCHES, BATCH = 16, 128
 
 
+@torch.no_grad()
+def official_recalibration(model, batches, config) -> None:
+    """The official recalibration of one configuration, on the slimmable model itself: every
+    BN layer's running statistics reset, then the batches run through the model at that
+    configuration with BN normalising by batch statistics and accumulating the cumulative
+    average into the running statistics of its active channels (``momentum=None``); the
+    evaluation pass then reads those running statistics."""
+    bns = [m for m in model.modules() if isinstance(m, _SlimBatchNormNd)]
+    model.set_config(config.width)  # no statistics key: eval mode reads running statistics
+    count = [0]
+
+    def forward(bn, x):
+        c = bn.active
+        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c],
+                            bn.bias[:c], True, 1.0 / count[0], bn.eps)
+
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.forward = types.MethodType(forward, bn)
+    try:
+        for batch in batches:
+            count[0] += 1
+            model(to_config(batch, config))
+    finally:
+        for bn in bns:
+            del bn.forward
+
+
 def official(run, configs, train_set, val_set, task, device):
     """Per configuration, as the official code does it: calibration batches from a fresh
-    loader, BN recalibration, then a full evaluation pass of the slimmable model."""
+    loader, BN recalibration of the slimmable model, then a full evaluation pass of it."""
     rows = []
     cfg = run.config
-    # the official code keeps the default (NCHW) layout
+    # the official code keeps the default (NCHW) layout and has no per-configuration store
     model = copy.deepcopy(run.model).to(memory_format=torch.contiguous_format).eval()
+    for bn in model.modules():
+        if isinstance(bn, _SlimBatchNormNd):
+            bn.calibrated = {}
     for config in configs:
-        batches = calibration_batches(train_set, BATCHES, BATCH, cfg.train.seed,
-                                      cfg.data.num_workers, device)
-        calibrate(model, batches, [config])
-        model.set_config(config)
+        # a fresh loader over the same seeded training batches as ours, with the recipe's
+        # worker processes, as the official code reads them
+        loader = DataLoader(SeededItems(train_set), batch_size=BATCH,
+                            sampler=EpochOrder(len(train_set), BATCH, cfg.train.seed, -1, 0),
+                            num_workers=cfg.data.num_workers, generator=torch.Generator())
+        batches = [images.to(device) for images, _ in itertools.islice(loader, BATCHES)]
+        official_recalibration(model, batches, config)
         correct = total = 0
         with torch.no_grad():
             for images, labels in DataLoader(val_set, batch_size=256,
@@ -60,8 +100,8 @@ def ours(run, configs, train_set, val_set, task, device):
     cfg = run.config
     batches = calibration_batches(train_set, BATCHES, BATCH, cfg.train.seed,
                                   cfg.data.num_workers, device, cfg.train.channels_last)
-    calibrate(run.model, batches, configs)
-    loader = DataLoader(val_set, batch_size=256, num_workers=cfg.data.num_workers)
+    calibrate(run.model, batches, configs, channels_last=cfg.train.channels_last)
+    loader = evaluation_loader(val_set, 256, cfg.data.num_workers, device)
     return evaluate(run.model, loader, configs, task, device, cfg.train.channels_last)
 
 

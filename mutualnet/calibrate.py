@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import ConfigError
+from .nn.extract import inplace_activations, to_static
 from .nn.layers import _SlimBatchNormNd
 from .nn.model import SlimmableModel
+from .parallel import ConfigPool
 from .space import Config, to_config
 from .space import channels_last as layout
 
@@ -22,41 +25,72 @@ def calibrate(
     batches: Sequence[Tensor],
     configs: Iterable[Config],
     progress: bool = False,
+    channels_last: bool = False,
+    threads: int | None = None,
 ) -> list[Config]:
     """Recompute BN statistics of each configuration from the same decoded ``batches``.
 
     The batches are at the largest resolution; each configuration sees them resized on the
     device. The statistics are the cumulative average over the batches, with BN normalising
-    by batch statistics as in training; nothing else about the model changes (its mode,
-    active configuration, shared statistics and weights are left as they were).
+    by batch statistics as in training, and become the configuration's own (``calibrated``
+    of each slimmable BN layer); nothing else about the model changes.
+
+    Each configuration is calibrated on its static twin (extracted weights, channels-last
+    when ``channels_last``, activations in place), so the passes do no slicing, and on CPU the
+    configurations run side by side in ``threads`` threads (a
+    :class:`~mutualnet.parallel.ConfigPool`).
     """
     configs = list(configs)
-    bns = [m for m in model.modules() if isinstance(m, _SlimBatchNormNd)]
-    training = {m: m.training for m in model.modules()}
-    previous = model.config
-    model.eval()
-    iterator = configs
+    for config in configs:
+        if config.resolution is None:
+            raise ConfigError("calibration needs configurations with a resolution")
+    if not batches:
+        raise ConfigError("calibration saw no batch")
+    slim = {name: m for name, m in model.named_modules() if isinstance(m, _SlimBatchNormNd)}
+    dims = 5 if getattr(model, "temporal", False) else 4
+    memory_format = layout(dims) if channels_last else None
+    building = threading.Lock()  # extraction sets the model's configuration
+    statistics: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(configs, desc="calibrate", unit="config", leave=False, disable=None)
+        bar = tqdm(total=len(configs), desc="calibrate", unit="config", leave=False,
+                   disable=None)
+
+    def run(i: int) -> None:
+        config = configs[i]
+        with building, model.using(config):
+            twin = inplace_activations(to_static(model)).eval()
+        bns = {name: m for name, m in twin.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        missing = set(slim) - set(bns)
+        if missing:
+            raise ConfigError(f"the extracted network lacks the batch norm layers "
+                              f"{sorted(missing)}; calibration needs them under "
+                              f"features and head")
+        for bn in bns.values():
+            bn.train()
+            bn.momentum = None  # the cumulative average
+            bn.reset_running_stats()
+        if memory_format is not None:
+            twin = twin.to(memory_format=memory_format)
+        for batch in batches:
+            twin(to_config(batch, config))
+        statistics[i] = {name: (bns[name].running_mean, bns[name].running_var)
+                         for name in slim}
+        if bar is not None:
+            bar.update()
+
     try:
-        for config in iterator:
-            if config.resolution is None:
-                raise ConfigError("calibration needs configurations with a resolution")
-            model.set_config(config)
-            for bn in bns:
-                bn.begin_calibration()
-            for batch in batches:
-                model(to_config(batch, config))
-            for bn in bns:
-                bn.end_calibration()
+        with ConfigPool(configs, batches[0].device, threads) as pool:
+            pool.map(run)
     finally:
-        for bn in bns:
-            bn._calibration = None
-        for m, mode in training.items():
-            m.training = mode
-        model.set_config(previous)
+        if bar is not None:
+            bar.close()
+    for i, config in enumerate(configs):
+        for name, bn in slim.items():
+            bn.calibrated[config.key] = statistics[i][name]
     return configs
 
 
@@ -68,7 +102,7 @@ def calibration_batches(
     (channels-last when the recipe trains so: the same layout, the faster kernels)."""
     from torch.utils.data import DataLoader
 
-    from .data.base import collate_fn_of
+    from .data.base import collate_fn_of, reading_workers
     from .train.order import EpochOrder, SeededItems
 
     if count < 1:
@@ -77,7 +111,8 @@ def calibration_batches(
     order = EpochOrder(len(train_set), batch_size, seed, -1, 0)
     loader = DataLoader(SeededItems(train_set), batch_size=batch_size, sampler=order,
                         collate_fn=collate_fn_of(train_set),
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        num_workers=reading_workers(train_set, num_workers),
+                        pin_memory=device.type == "cuda",
                         generator=torch.Generator())
     batches = []
     for images, _ in loader:
@@ -101,7 +136,8 @@ def calibrate_run(
     data = calibration_batches(train_set, batches, batch_size or min(cfg.train.batch_size, 256),
                                cfg.train.seed, cfg.data.num_workers, run.device,
                                cfg.train.channels_last)
-    calibrate(run.model, data, configs, progress=progress)
+    calibrate(run.model, data, configs, progress=progress,
+              channels_last=cfg.train.channels_last)
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)
     run.save()

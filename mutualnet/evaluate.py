@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
-from .data.base import collate_fn_of, to_device
+from .data.base import evaluation_loader, to_device
 from .errors import ConfigError
-from .nn.extract import fold_batchnorm, to_static
+from .nn.extract import fold_batchnorm, inplace_activations, to_static
 from .nn.model import SlimmableModel
+from .parallel import ConfigPool
 from .space import Config, to_config
 from .space import channels_last as layout
 
@@ -28,42 +27,28 @@ def evaluate(
     device: torch.device,
     channels_last: bool = False,
     all_reduce=None,
-    groups: int | None = None,
+    threads: int | None = None,
 ) -> list[dict]:
     """Each batch is decoded once, resized once per resolution and run through every
     configuration.
 
-    Each configuration runs as its extracted static sub-network with batch norm folded into
-    the convolutions (the same function as the slimmable model at that configuration, without
-    slicing or normalisation at run time); ``model`` itself is left untouched. Returns one row
-    per configuration with its metrics in percent, accumulated by one ``task.meter()`` per
-    configuration. ``all_reduce`` sums tensors over processes in a distributed run (each
-    meter merges its state with it). A batch of several clips per video,
-    ``[N, K, C, T, H, W]``, is scored per video (:func:`average_clips`).
+    Each configuration runs as its inference network (:func:`static_network`: extracted, batch
+    norm folded into the convolutions, activations in place), the same function as the
+    slimmable model at that configuration without slicing or normalisation at run time;
+    ``model`` itself is left untouched. Returns one row per configuration with its metrics in
+    percent, accumulated by one ``task.meter()`` per configuration. ``all_reduce`` sums
+    tensors over processes in a distributed run (each meter merges its state with it). A
+    batch of several clips per video, ``[N, K, C, T, H, W]``, is scored per video
+    (:func:`average_clips`).
 
-    On CPU the configurations are split into ``groups`` (default: :func:`cpu_groups`) of
-    about equal cost that run side by side in threads, the torch threads shared out between
-    them: small networks use cores better one per configuration than all on one.
+    On CPU the configurations of a batch run side by side in ``threads`` threads (a
+    :class:`~mutualnet.parallel.ConfigPool`).
     """
     nets = [static_network(model, config, channels_last) for config in configs]
     meters = [task.meter() for _ in configs]
-    if groups is None:
-        groups = cpu_groups(len(configs)) if device.type == "cpu" else 1
-    parts = split_by_cost(configs, groups)
+    views = [(config.resolution, config.frames) for config in configs]
 
-    def run_part(part: list[int], images: Tensor, labels, clips: int) -> None:
-        with torch.no_grad():  # grad mode is per thread
-            resized: dict[tuple, Tensor] = {}
-            for i in part:
-                config = configs[i]
-                view = (config.resolution, config.frames)
-                if view not in resized:
-                    resized[view] = to_config(images, config)
-                output = nets[i](resized[view])
-                meters[i].update(average_clips(output, clips) if clips else output, labels,
-                                 config)
-
-    with _threads(len(parts)) as pool:
+    with ConfigPool(configs, device, threads) as pool:
         for images, labels in batches:
             images = images.to(device, non_blocking=True)
             labels = to_device(labels, device)
@@ -72,11 +57,17 @@ def evaluate(
                 images = images.flatten(0, 1)
             if channels_last and images.dim() in (4, 5):
                 images = images.contiguous(memory_format=layout(images.dim()))
-            if pool is None:
-                run_part(parts[0], images, labels, clips)
-            else:
-                for future in [pool.submit(run_part, p, images, labels, clips) for p in parts]:
-                    future.result()
+            resized: dict[tuple, Tensor] = {}
+            for view, config in zip(views, configs):
+                if view not in resized:
+                    resized[view] = to_config(images, config)
+
+            def run(i: int, resized=resized, labels=labels, clips=clips) -> None:
+                output = nets[i](resized[views[i]])
+                meters[i].update(average_clips(output, clips) if clips else output, labels,
+                                 configs[i])
+
+            pool.map(run)
     rows = []
     for config, meter in zip(configs, meters):
         meter.reduce(all_reduce)
@@ -88,45 +79,6 @@ def evaluate(
     return rows
 
 
-#: most configuration groups run side by side on CPU (more threads mostly wait on Python)
-MAX_CPU_GROUPS = 4
-
-
-def cpu_groups(num_configs: int) -> int:
-    """How many groups of configurations to run side by side on CPU: one per torch thread,
-    at most ``MAX_CPU_GROUPS`` and ``num_configs``."""
-    return max(1, min(torch.get_num_threads(), MAX_CPU_GROUPS, num_configs))
-
-
-def split_by_cost(configs: Sequence[Config], groups: int) -> list[list[int]]:
-    """Indices of ``configs`` in ``groups`` parts of about equal cost (width² × pixels ×
-    frames, a proxy of MACs), each part in the original order; empty parts are dropped."""
-    costs = [c.width ** 2 * (c.resolution or 1) ** 2 * (c.frames or 1) for c in configs]
-    parts: list[list[int]] = [[] for _ in range(max(1, groups))]
-    loads = [0.0] * len(parts)
-    for i in sorted(range(len(configs)), key=lambda i: -costs[i]):
-        k = loads.index(min(loads))
-        parts[k].append(i)
-        loads[k] += costs[i]
-    return [sorted(p) for p in parts if p]
-
-
-@contextlib.contextmanager
-def _threads(parts: int):
-    """A pool of one thread per part, the torch threads shared out between them (restored
-    after); ``None`` for a single part."""
-    if parts <= 1:
-        yield None
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, previous // parts))
-    try:
-        with ThreadPoolExecutor(parts, thread_name_prefix="evaluate") as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(previous)
-
-
 def average_clips(logits: Tensor, clips: int) -> Tensor:
     """One prediction per video from ``clips`` consecutive rows: the log of the mean of the
     clips' softmax (SlowFast's multi-view testing), still a valid logit tensor."""
@@ -136,9 +88,10 @@ def average_clips(logits: Tensor, clips: int) -> Tensor:
 
 def static_network(model: SlimmableModel, config: Config,
                    channels_last: bool = False) -> torch.nn.Module:
-    """The inference network of one configuration: extracted, BN folded, in eval mode."""
+    """The inference network of one configuration: extracted, BN folded, activations in
+    place, in eval mode (for inference only: in-place activations do not train)."""
     with model.using(config):
-        net = fold_batchnorm(to_static(model)).eval()
+        net = inplace_activations(fold_batchnorm(to_static(model))).eval()
     if channels_last:
         net = net.to(memory_format=layout(5 if getattr(model, "temporal", False) else 4))
     return net
@@ -182,8 +135,6 @@ def evaluate_run(
 ) -> list[dict]:
     """Evaluate every configuration of a run; write grid.json, grid.csv, the query table and
     the plot. Configurations without calibrated statistics are calibrated first (once)."""
-    from torch.utils.data import DataLoader
-
     from .calibrate import calibrate_run
     from .macs import count_macs
     from .select import write_results
@@ -199,9 +150,7 @@ def evaluate_run(
         calibrate_run(run, missing, batches=calibration_batches, progress=progress)
     cfg = run.config
     _, val_set = run.datasets()
-    loader = DataLoader(val_set, batch_size=batch_size, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_fn_of(val_set),
-                        pin_memory=run.device.type == "cuda")
+    loader = evaluation_loader(val_set, batch_size, cfg.data.num_workers, run.device)
     if progress:
         from tqdm import tqdm
 

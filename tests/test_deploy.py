@@ -194,22 +194,106 @@ def test_batchnorm_folding_keeps_outputs():
         torch.testing.assert_close(folded(x), want, atol=1e-5, rtol=1e-4)
 
 
+def test_in_place_activations_only_overwrite_outputs_nobody_else_reads():
+    from torch import nn
+
+    from mutualnet.evaluate import static_network
+    from mutualnet.nn.extract import inplace_activations
+
+    shared = nn.ReLU6()
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), shared),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.Identity(), nn.ReLU()),
+        nn.Sequential(nn.ReLU(), nn.Flatten(1), nn.SiLU()),  # its input; a view
+    ).eval()
+    before = [type(m) for m in net.modules()]
+    inplace_activations(net)
+    assert [type(m) for m in net.modules()] == before
+    assert net[0][2].inplace and net[0][2] is not shared and not shared.inplace
+    assert net[1][2].inplace
+    assert not net[2][0].inplace and not net[2][2].inplace
+
+
+def test_the_inference_network_computes_the_slimmable_function_and_keeps_its_input(run_dir):
+    from mutualnet.evaluate import static_network
+
+    model = load_run(run_dir).model.eval()
+    config = Config(0.75, 16)
+    net = static_network(model, config)
+    assert any(getattr(m, "inplace", False) for m in net.modules())
+    x = torch.randn(4, 3, 16, 16)
+    kept = x.clone()
+    with torch.no_grad():
+        out = net(x)
+        model.set_config(config)
+        want = model(x)
+    assert torch.equal(x, kept)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+
+
 def test_export_to_a_missing_directory_is_one_line(run_dir, tmp_path):
     proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", "onnx",
                "-o", tmp_path / "no" / "m.onnx")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_split_by_cost_gives_every_configuration_to_exactly_one_balanced_part():
-    from mutualnet.evaluate import split_by_cost
+def test_a_config_pool_runs_every_configuration_once_costliest_first_and_gives_threads_back():
+    import threading
+
+    from mutualnet.parallel import ConfigPool, cost_order
 
     configs = [Config(w / 20, r) for w in range(7, 21) for r in (20, 24, 28)]
-    parts = split_by_cost(configs, 3)
-    assert sorted(i for p in parts for i in p) == list(range(len(configs)))
-    assert all(p == sorted(p) for p in parts)
-    cost = [sum(configs[i].width ** 2 * configs[i].resolution ** 2 for i in p) for p in parts]
-    assert max(cost) / min(cost) < 1.1
-    assert sorted(split_by_cost(configs[:2], 4)) == [[0], [1]]  # no empty parts
+    order = cost_order(configs)
+    assert sorted(order) == list(range(len(configs)))
+    costs = [configs[i].width ** 2 * configs[i].resolution ** 2 for i in order]
+    assert costs == sorted(costs, reverse=True)
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def task(i: int) -> None:
+        assert not torch.is_grad_enabled()
+        with lock:
+            seen.append(i)
+            names.add(threading.current_thread().name)
+
+    with ConfigPool(configs, torch.device("cpu"), threads=3) as pool:
+        assert torch.get_num_threads() == max(1, threads // 3)
+        pool.map(task)
+    assert sorted(seen) == list(range(len(configs))) and len(names) > 1
+    assert torch.get_num_threads() == threads
+    with ConfigPool(configs[:2], torch.device("cpu"), threads=8) as pool:
+        assert pool.threads == 2  # never more threads than configurations
+    assert ConfigPool(configs, torch.device("meta")).threads == 1  # one after another off CPU
+
+    def fail(i: int) -> None:
+        if i == order[-1]:
+            raise ValueError("the smallest failed")
+
+    with pytest.raises(ValueError, match="smallest"), \
+            ConfigPool(configs, torch.device("cpu"), threads=2) as pool:
+        pool.map(fail)
+    assert torch.get_num_threads() == threads
+
+
+def test_calibrating_side_by_side_gives_the_statistics_of_one_at_a_time(run_dir):
+    from mutualnet.nn.layers import _SlimBatchNormNd
+
+    run = load_run(run_dir)
+    configs = [Config(w, r) for w in (0.5, 0.75, 1.0) for r in (12, 16)]
+    batches = calibration_batches(*_train_set(run), 2, 32, 0, 0, torch.device("cpu"))
+    bns = [m for m in run.model.modules() if isinstance(m, _SlimBatchNormNd)]
+    calibrate(run.model, batches, configs, threads=1)
+    one = [{c.key: bn.calibrated[c.key] for c in configs} for bn in bns]
+    calibrate(run.model, batches, configs, threads=3)
+    for bn, stats in zip(bns, one):
+        for key, (mean, var) in stats.items():
+            assert bn.calibrated[key][0] is not mean  # recomputed
+            torch.testing.assert_close(bn.calibrated[key][0], mean, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(bn.calibrated[key][1], var, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="no batch"):
+        calibrate(run.model, [], configs)
 
 
 def test_evaluating_configurations_side_by_side_gives_the_same_rows(run_dir):
@@ -226,9 +310,9 @@ def test_evaluating_configurations_side_by_side_gives_the_same_rows(run_dir):
     loader = DataLoader(val, batch_size=32)
     threads = torch.get_num_threads()
     one = evaluate(run.model, loader, configs, ClassificationTask(), torch.device("cpu"),
-                   groups=1)
+                   threads=1)
     three = evaluate(run.model, loader, configs, ClassificationTask(), torch.device("cpu"),
-                     groups=3)
+                     threads=3)
     assert torch.get_num_threads() == threads  # the torch threads are given back
     for a, b in zip(one, three):
         assert a.keys() == b.keys() and (a["width"], a["resolution"]) == (b["width"],

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TensorImageDataset", "collate_fn_of", "to_device"]
+__all__ = ["TensorImageDataset", "collate_fn_of", "evaluation_loader", "reading_workers",
+           "to_device"]
 
 
 def to_device(batch_part, device: torch.device):
@@ -29,12 +30,39 @@ def collate_fn_of(dataset):
     return getattr(dataset, "collate_fn", None)
 
 
+def _innermost(dataset):
+    while hasattr(dataset, "dataset"):
+        dataset = dataset.dataset  # SeededItems, Subset
+    return dataset
+
+
+def reading_workers(dataset, num_workers: int) -> int:
+    """Worker processes for one pass over ``dataset`` outside training (calibration,
+    evaluation): none when its items are already decoded in memory (an ``in_memory`` dataset),
+    where making an item costs less than receiving it from a worker and the workers would
+    only take cores from the networks; ``num_workers`` (the recipe's) otherwise."""
+    return 0 if getattr(_innermost(dataset), "in_memory", False) else num_workers
+
+
+def evaluation_loader(dataset, batch_size: int, num_workers: int, device: torch.device):
+    """The loader of an evaluation pass: in order, the dataset's collate function, workers
+    as :func:`reading_workers` decides, pinned memory for CUDA."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size,
+                      num_workers=reading_workers(dataset, num_workers),
+                      collate_fn=collate_fn_of(dataset), pin_memory=device.type == "cuda")
+
+
 class TensorImageDataset(Dataset):
     """``images``: uint8 ``[N, C, H, W]``; ``labels``: int64 ``[N]``; items are
     ``(transform(images[i]), int(labels[i]))``.
 
     Picklable (the tensors travel with it); under ``fork`` workers share the memory.
     """
+
+    #: items are decoded already: a pass outside training reads them without workers
+    in_memory = True
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor,
                  transform: Callable[[torch.Tensor], torch.Tensor], name: str = ""):

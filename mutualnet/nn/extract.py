@@ -10,7 +10,13 @@ from torch import nn
 
 from .layers import SlimLayer
 
-__all__ = ["to_static", "fold_batchnorm"]
+__all__ = ["to_static", "fold_batchnorm", "inplace_activations"]
+
+#: activations that can overwrite their input
+_ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Mish)
+#: layers whose output is always a tensor of their own
+_FRESH = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+          nn.BatchNorm3d)
 
 
 def to_static(module: nn.Module) -> nn.Module:
@@ -46,6 +52,28 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                     and bn.running_mean is not None:
                 module._modules[a] = _fused(conv, bn)
                 module._modules[b] = nn.Identity()
+    return module
+
+
+def inplace_activations(module: nn.Module) -> nn.Module:
+    """Let every activation that follows a convolution, linear or batch-norm layer in a
+    Sequential (identities between them aside) overwrite that layer's output instead of
+    allocating its own: nothing else sees that output, so the function is unchanged and a
+    large buffer per activation is saved. The activation is replaced by an in-place copy, so
+    a module also called elsewhere keeps its behaviour there. Returns ``module``, changed.
+    """
+    for child in module.children():
+        inplace_activations(child)
+    if isinstance(module, nn.Sequential):
+        previous = None
+        for name, child in list(module._modules.items()):
+            if (isinstance(child, _ACTIVATIONS) and isinstance(previous, _FRESH)
+                    and not child.inplace):
+                child = copy.deepcopy(child)
+                child.inplace = True
+                module._modules[name] = child
+            if not isinstance(child, nn.Identity):
+                previous = child
     return module
 
 

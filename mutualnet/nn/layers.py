@@ -318,7 +318,6 @@ class _SlimBatchNormNd(SlimLayer):
         self.dim = _as_dim(dim)
         self.max_width = max_width
         self.calibrated: dict[str, tuple[Tensor, Tensor]] = {}
-        self._calibration: list | None = None
         return self.dim.at(max_width)
 
     def set_width(self, width: float, stats_key: str | None = None) -> None:
@@ -335,31 +334,10 @@ class _SlimBatchNormNd(SlimLayer):
             return None, None
         return self.running_mean[: self.active], self.running_var[: self.active]
 
-    def begin_calibration(self) -> None:
-        """Start averaging batch statistics of the active configuration (cumulatively)."""
-        if self.stats_key is None:
-            raise ConfigError("calibration needs a configuration with a resolution")
-        device = self.weight.device if self.weight is not None else None
-        self._calibration = [
-            torch.zeros(self.active, device=device), torch.ones(self.active, device=device), 0
-        ]
-
-    def end_calibration(self) -> None:
-        """Keep the averaged statistics as the active configuration's own."""
-        mean, var, count = self._calibration
-        self._calibration = None
-        if count == 0:
-            raise ConfigError("calibration saw no batch")
-        self.calibrated[self.stats_key] = (mean, var)
-
     def forward(self, x: Tensor) -> Tensor:
         c = self.active
         weight = self.weight[:c] if self.weight is not None else None
         bias = self.bias[:c] if self.bias is not None else None
-        if self._calibration is not None:
-            mean, var, count = self._calibration
-            self._calibration[2] = count + 1
-            return F.batch_norm(x, mean, var, weight, bias, True, 1.0 / (count + 1), self.eps)
         if self.training:
             if self.track_shared and self.running_mean is not None:
                 if self.num_batches_tracked is not None:

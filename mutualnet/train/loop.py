@@ -25,14 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, config_from_dict, config_to_dict
-from ..data.base import collate_fn_of, to_device
+from ..data.base import collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
 from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
-from .checkpoint import (WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint,
-                         save_weights)
+from .checkpoint import WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint, save_weights
 from .distributed import Distributed, resolve_device
 from .log import RunLog
 from .optim import build_optimizer, lr_at
@@ -424,11 +423,10 @@ def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, devic
     batch = min(cfg.train.batch_size, 256)
     calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,
                                 cfg.data.num_workers, device, cfg.train.channels_last)
-    calibrate(model, calib, configs)
+    calibrate(model, calib, configs, channels_last=cfg.train.channels_last)
     shard = list(range(dist.rank, len(val_ds), dist.world_size))
-    val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=batch,
-                            num_workers=cfg.data.num_workers, collate_fn=collate_fn_of(val_ds),
-                            pin_memory=device.type == "cuda")
+    val_loader = evaluation_loader(torch.utils.data.Subset(val_ds, shard), batch,
+                                   cfg.data.num_workers, device)
     rows = evaluate(model, val_loader, configs, task, device, cfg.train.channels_last,
                     all_reduce=dist.all_reduce_sum if dist.enabled else None)
     names = ["full", "smallest"]

@@ -96,13 +96,17 @@ def official(run, configs, train_set, val_set, task, device):
 
 def ours(run, configs, train_set, val_set, task, device):
     """What `mutualnet evaluate` does: calibration batches decoded once for all
-    configurations, then one pass over the evaluation set for all of them."""
+    configurations, then one pass over the evaluation set for all of them (through the
+    inference networks calibration left)."""
     cfg = run.config
     batches = calibration_batches(train_set, BATCHES, BATCH, cfg.train.seed,
                                   cfg.data.num_workers, device, cfg.train.channels_last)
-    calibrate(run.model, batches, configs, channels_last=cfg.train.channels_last)
+    networks: dict = {}
+    calibrate(run.model, batches, configs, channels_last=cfg.train.channels_last,
+              networks=networks)
     loader = evaluation_loader(val_set, 256, cfg.data.num_workers, device)
-    return evaluate(run.model, loader, configs, task, device, cfg.train.channels_last)
+    return evaluate(run.model, loader, configs, task, device, cfg.train.channels_last,
+                    networks=networks)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .nn.extract import inplace_activations, to_static
+from .evaluate import channels_last_format
+from .nn.extract import inference_network, inplace_activations, to_static
 from .nn.layers import _SlimBatchNormNd
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
@@ -27,6 +28,7 @@ def calibrate(
     progress: bool = False,
     channels_last: bool = False,
     threads: int | None = None,
+    networks: dict[str, nn.Module] | None = None,
 ) -> list[Config]:
     """Recompute BN statistics of each configuration from the same decoded ``batches``.
 
@@ -38,7 +40,9 @@ def calibrate(
     Each configuration is calibrated on its static twin (extracted weights, channels-last
     when ``channels_last``, activations in place), so the passes do no slicing, and on CPU the
     configurations run side by side in ``threads`` threads (a
-    :class:`~mutualnet.parallel.ConfigPool`).
+    :class:`~mutualnet.parallel.ConfigPool`). With ``networks``, each calibrated twin is
+    also made the configuration's inference network (what
+    :func:`~mutualnet.evaluate.static_network` would build) and kept there under its key.
     """
     configs = list(configs)
     for config in configs:
@@ -47,8 +51,7 @@ def calibrate(
     if not batches:
         raise ConfigError("calibration saw no batch")
     slim = {name: m for name, m in model.named_modules() if isinstance(m, _SlimBatchNormNd)}
-    dims = 5 if getattr(model, "temporal", False) else 4
-    memory_format = layout(dims) if channels_last else None
+    memory_format = channels_last_format(model) if channels_last else None
     building = threading.Lock()  # extraction sets the model's configuration
     statistics: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
     bar = None
@@ -79,6 +82,8 @@ def calibrate(
             twin(to_config(batch, config))
         statistics[i] = {name: (bns[name].running_mean, bns[name].running_var)
                          for name in slim}
+        if networks is not None:
+            networks[config.key] = inference_network(twin, memory_format)
         if bar is not None:
             bar.update()
 
@@ -127,9 +132,10 @@ def calibration_batches(
 
 def calibrate_run(
     run, configs: Sequence[Config], batches: int = 16, batch_size: int | None = None,
-    progress: bool = True,
+    progress: bool = True, networks: dict[str, nn.Module] | None = None,
 ) -> list[Config]:
-    """Calibrate ``configs`` of a run and save their statistics with its weights."""
+    """Calibrate ``configs`` of a run and save their statistics with its weights (and their
+    inference networks in ``networks``, see :func:`calibrate`)."""
     configs = [run.check_config(c) for c in configs]
     cfg = run.config
     train_set, _ = run.datasets()
@@ -137,7 +143,7 @@ def calibrate_run(
                                cfg.train.seed, cfg.data.num_workers, run.device,
                                cfg.train.channels_last)
     calibrate(run.model, data, configs, progress=progress,
-              channels_last=cfg.train.channels_last)
+              channels_last=cfg.train.channels_last, networks=networks)
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)
     run.save()

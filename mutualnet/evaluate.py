@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .data.base import evaluation_loader, to_device
 from .errors import ConfigError
-from .nn.extract import fold_batchnorm, inplace_activations, to_static
+from .nn.extract import inference_network, to_static
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
 from .space import Config, to_config
@@ -28,6 +29,7 @@ def evaluate(
     channels_last: bool = False,
     all_reduce=None,
     threads: int | None = None,
+    networks: Mapping[str, torch.nn.Module] | None = None,
 ) -> list[dict]:
     """Each batch is decoded once, resized once per resolution and run through every
     configuration.
@@ -42,9 +44,14 @@ def evaluate(
     (:func:`average_clips`).
 
     On CPU the configurations of a batch run side by side in ``threads`` threads (a
-    :class:`~mutualnet.parallel.ConfigPool`).
+    :class:`~mutualnet.parallel.ConfigPool`). ``networks`` holds inference networks built
+    already, by configuration key (:func:`~mutualnet.calibrate.calibrate` hands them over);
+    the others are built here.
     """
-    nets = [static_network(model, config, channels_last) for config in configs]
+    # built by the pool's threads on the first batch, one at a time (extraction sets the
+    # model's configuration), while the others already compute
+    nets: list[torch.nn.Module | None] = [(networks or {}).get(c.key) for c in configs]
+    building = threading.Lock()
     meters = [task.meter() for _ in configs]
     views = [(config.resolution, config.frames) for config in configs]
 
@@ -63,6 +70,9 @@ def evaluate(
                     resized[view] = to_config(images, config)
 
             def run(i: int, resized=resized, labels=labels, clips=clips) -> None:
+                if nets[i] is None:
+                    with building:
+                        nets[i] = static_network(model, configs[i], channels_last)
                 output = nets[i](resized[views[i]])
                 meters[i].update(average_clips(output, clips) if clips else output, labels,
                                  configs[i])
@@ -88,13 +98,16 @@ def average_clips(logits: Tensor, clips: int) -> Tensor:
 
 def static_network(model: SlimmableModel, config: Config,
                    channels_last: bool = False) -> torch.nn.Module:
-    """The inference network of one configuration: extracted, BN folded, activations in
-    place, in eval mode (for inference only: in-place activations do not train)."""
+    """The inference network of one configuration (:func:`~mutualnet.nn.extract.inference_network`
+    of its extracted twin), channels-last when ``channels_last``."""
     with model.using(config):
-        net = inplace_activations(fold_batchnorm(to_static(model))).eval()
-    if channels_last:
-        net = net.to(memory_format=layout(5 if getattr(model, "temporal", False) else 4))
-    return net
+        static = to_static(model)
+    return inference_network(static, channels_last_format(model) if channels_last else None)
+
+
+def channels_last_format(model: SlimmableModel) -> torch.memory_format:
+    """The channels-last format of the model's inputs (images or clips)."""
+    return layout(5 if getattr(model, "temporal", False) else 4)
 
 
 def _sync(device: torch.device) -> None:
@@ -146,8 +159,10 @@ def evaluate_run(
                           f"run `mutualnet calibrate {run.path}` first")
     calibrated = run.calibrated_keys()  # one pass over the BN layers, not one per config
     missing = [c for c in configs if c.key not in calibrated]
+    networks: dict[str, torch.nn.Module] = {}
     if missing:
-        calibrate_run(run, missing, batches=calibration_batches, progress=progress)
+        calibrate_run(run, missing, batches=calibration_batches, progress=progress,
+                      networks=networks)
     cfg = run.config
     _, val_set = run.datasets()
     loader = evaluation_loader(val_set, batch_size, cfg.data.num_workers, run.device)
@@ -157,7 +172,8 @@ def evaluate_run(
         loader = tqdm(loader, desc=f"evaluate {len(configs)} configs", unit="batch",
                       leave=False, disable=None)
     task = build_task(cfg)
-    rows = evaluate(run.model, loader, configs, task, run.device, cfg.train.channels_last)
+    rows = evaluate(run.model, loader, configs, task, run.device, cfg.train.channels_last,
+                    networks=networks)
     model = run.model
     for row, config in zip(rows, configs):
         macs, params = count_macs(model, config.resolution, width=config.width,

@@ -197,7 +197,6 @@ def test_batchnorm_folding_keeps_outputs():
 def test_in_place_activations_only_overwrite_outputs_nobody_else_reads():
     from torch import nn
 
-    from mutualnet.evaluate import static_network
     from mutualnet.nn.extract import inplace_activations
 
     shared = nn.ReLU6()
@@ -249,19 +248,20 @@ def test_a_config_pool_runs_every_configuration_once_costliest_first_and_gives_t
     assert costs == sorted(costs, reverse=True)
     threads = torch.get_num_threads()
     seen: list[int] = []
-    names: set[str] = set()
     lock = threading.Lock()
+    together = threading.Barrier(2, timeout=30)  # broken unless two tasks run at once
 
     def task(i: int) -> None:
         assert not torch.is_grad_enabled()
+        if i in order[:2]:
+            together.wait()
         with lock:
             seen.append(i)
-            names.add(threading.current_thread().name)
 
     with ConfigPool(configs, torch.device("cpu"), threads=3) as pool:
         assert torch.get_num_threads() == max(1, threads // 3)
         pool.map(task)
-    assert sorted(seen) == list(range(len(configs))) and len(names) > 1
+    assert sorted(seen) == list(range(len(configs)))
     assert torch.get_num_threads() == threads
     with ConfigPool(configs[:2], torch.device("cpu"), threads=8) as pool:
         assert pool.threads == 2  # never more threads than configurations
@@ -275,6 +275,32 @@ def test_a_config_pool_runs_every_configuration_once_costliest_first_and_gives_t
             ConfigPool(configs, torch.device("cpu"), threads=2) as pool:
         pool.map(fail)
     assert torch.get_num_threads() == threads
+
+
+def test_each_pool_thread_sets_its_share_of_the_torch_threads_itself(monkeypatch):
+    # OpenMP's thread count is per thread: a new thread starts with the process's initial
+    # count whatever the main thread set, and two workers would each run that many
+    import threading
+
+    from mutualnet.parallel import ConfigPool
+
+    calls: list[tuple[str, int]] = []
+    original = torch.set_num_threads
+
+    def recording(n: int) -> None:
+        calls.append((threading.current_thread().name, n))
+        original(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", recording)
+    threads = torch.get_num_threads()
+    configs = [Config(0.5, 16), Config(1.0, 16)]
+    together = threading.Barrier(2, timeout=30)
+    with ConfigPool(configs, torch.device("cpu"), threads=2) as pool:
+        pool.map(lambda i: together.wait())
+    share = max(1, threads // 2)
+    workers = {name for name, n in calls if name.startswith("mutualnet") and n == share}
+    assert len(workers) == 2
+    assert calls[-1] == (threading.current_thread().name, threads)  # given back
 
 
 def test_calibrating_side_by_side_gives_the_statistics_of_one_at_a_time(run_dir):
@@ -294,6 +320,41 @@ def test_calibrating_side_by_side_gives_the_statistics_of_one_at_a_time(run_dir)
             torch.testing.assert_close(bn.calibrated[key][1], var, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no batch"):
         calibrate(run.model, [], configs)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_calibration_hands_over_the_inference_networks_evaluation_would_build(run_dir,
+                                                                              channels_last):
+    from mutualnet.evaluate import evaluate, static_network
+    from mutualnet.tasks import ClassificationTask
+
+    run = load_run(run_dir)
+    configs = [Config(0.5, 12), Config(1.0, 16)]
+    batches = calibration_batches(*_train_set(run), 2, 32, 0, 0, torch.device("cpu"),
+                                  channels_last)
+    networks: dict = {}
+    calibrate(run.model, batches, configs, channels_last=channels_last, networks=networks)
+    assert set(networks) == {c.key for c in configs}
+    x = torch.randn(4, 3, 16, 16)
+    for config in configs:
+        built = static_network(run.model, config, channels_last)
+        handed = networks[config.key]
+        assert not handed.training
+        assert [type(m) for m in handed.modules()] == [type(m) for m in built.modules()]
+        for a, b in zip(handed.parameters(), built.parameters()):
+            assert a.stride() == b.stride()  # the same layout
+        with torch.no_grad():
+            xs = to_config(x, config)
+            torch.testing.assert_close(handed(xs), built(xs), atol=1e-5, rtol=1e-4)
+    _, val = run.datasets()
+    loader = torch.utils.data.DataLoader(val, batch_size=32)
+    task = ClassificationTask()
+    device = torch.device("cpu")
+    handed_rows = evaluate(run.model, loader, configs, task, device, channels_last,
+                           networks=networks)
+    built_rows = evaluate(run.model, loader, configs, task, device, channels_last)
+    for a, b in zip(handed_rows, built_rows):
+        assert a == pytest.approx(b, abs=0.5)
 
 
 def test_evaluating_configurations_side_by_side_gives_the_same_rows(run_dir):

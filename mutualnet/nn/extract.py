@@ -10,7 +10,7 @@ from torch import nn
 
 from .layers import SlimLayer
 
-__all__ = ["to_static", "fold_batchnorm", "inplace_activations"]
+__all__ = ["to_static", "fold_batchnorm", "inference_network", "inplace_activations"]
 
 #: activations that can overwrite their input
 _ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.Mish)
@@ -75,6 +75,17 @@ def inplace_activations(module: nn.Module) -> nn.Module:
             if not isinstance(child, nn.Identity):
                 previous = child
     return module
+
+
+def inference_network(static: nn.Module,
+                      memory_format: torch.memory_format | None = None) -> nn.Module:
+    """An extracted network made ready for inference: batch norm folded into the convolutions,
+    activations in place, eval mode, parameters in ``memory_format`` when given. Changes and
+    returns ``static``; not for training (in-place activations)."""
+    net = inplace_activations(fold_batchnorm(static.eval()))
+    if memory_format is not None:
+        net = net.to(memory_format=memory_format)
+    return net
 
 
 @torch.no_grad()

@@ -423,12 +423,14 @@ def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, devic
     batch = min(cfg.train.batch_size, 256)
     calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,
                                 cfg.data.num_workers, device, cfg.train.channels_last)
-    calibrate(model, calib, configs, channels_last=cfg.train.channels_last)
+    networks: dict = {}
+    calibrate(model, calib, configs, channels_last=cfg.train.channels_last, networks=networks)
     shard = list(range(dist.rank, len(val_ds), dist.world_size))
     val_loader = evaluation_loader(torch.utils.data.Subset(val_ds, shard), batch,
                                    cfg.data.num_workers, device)
     rows = evaluate(model, val_loader, configs, task, device, cfg.train.channels_last,
-                    all_reduce=dist.all_reduce_sum if dist.enabled else None)
+                    all_reduce=dist.all_reduce_sum if dist.enabled else None,
+                    networks=networks)
     names = ["full", "smallest"]
     out: dict[str, float] = {}
     for name, row in zip(names, rows):

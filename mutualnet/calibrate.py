@@ -72,10 +72,10 @@ def calibrate(
             raise ConfigError(f"the extracted network lacks the batch norm layers "
                               f"{sorted(missing)}; calibration needs them under "
                               f"features and head")
-        for bn in bns.values():
-            bn.train()
-            bn.momentum = None  # the cumulative average
-            bn.reset_running_stats()
+        for name in slim:  # a plain BN layer of the model keeps its statistics, as in eval
+            bns[name].train()
+            bns[name].momentum = None  # the cumulative average
+            bns[name].reset_running_stats()
         if memory_format is not None:
             twin = twin.to(memory_format=memory_format)
         for batch in batches:

@@ -1,11 +1,13 @@
 """Building the query table for 20 configurations of a trained Fashion-MNIST run:
 ours (calibration batches and evaluation set decoded once for all configurations) against the
 official procedure (for each configuration: fresh calibration batches through the data
-pipeline, recalibration, then a full evaluation pass). Both use the same calibration images, so
-the accuracies must agree.
+pipeline with the recipe's workers, recalibration of the slimmable model's running statistics,
+then a full evaluation pass of it). Both use the same calibration images, so the accuracies
+must agree. Each round times both (alternating which goes first); the fastest of each is
+compared.
 
-Usage: python bench/grid.py [--run runs/demo]   (trains the default recipe for 1 epoch into
-runs/bench-grid when no run is given and none exists)
+Usage: python bench/grid.py [--run runs/demo] [--rounds 3]   (trains the default recipe for 1
+epoch into runs/bench-grid when no run is given and none exists)
 """
 
 from __future__ import annotations

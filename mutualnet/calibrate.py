@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .evaluate import channels_last_format
-from .nn.extract import inference_network, inplace_activations, to_static
+from .nn.extract import inference_network, inplace_activations
 from .nn.layers import _SlimBatchNormNd
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
@@ -52,7 +51,6 @@ def calibrate(
         raise ConfigError("calibration saw no batch")
     slim = {name: m for name, m in model.named_modules() if isinstance(m, _SlimBatchNormNd)}
     memory_format = channels_last_format(model) if channels_last else None
-    building = threading.Lock()  # extraction sets the model's configuration
     statistics: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
     bar = None
     if progress:
@@ -63,8 +61,8 @@ def calibrate(
 
     def run(i: int) -> None:
         config = configs[i]
-        with building, model.using(config):
-            twin = inplace_activations(to_static(model)).eval()
+        twin = model.subnet(config.width, config.resolution, config.frames)
+        twin = inplace_activations(twin).eval()
         bns = {name: m for name, m in twin.named_modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         missing = set(slim) - set(bns)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor
 
 from .data.base import evaluation_loader, to_device
 from .errors import ConfigError
-from .nn.extract import inference_network, to_static
+from .nn.extract import inference_network
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
 from .space import Config, to_config
@@ -48,10 +47,8 @@ def evaluate(
     already, by configuration key (:func:`~mutualnet.calibrate.calibrate` hands them over);
     the others are built here.
     """
-    # built by the pool's threads on the first batch, one at a time (extraction sets the
-    # model's configuration), while the others already compute
+    # the others are built by the pool's threads on the first batch, while others compute
     nets: list[torch.nn.Module | None] = [(networks or {}).get(c.key) for c in configs]
-    building = threading.Lock()
     meters = [task.meter() for _ in configs]
     views = [(config.resolution, config.frames) for config in configs]
 
@@ -71,8 +68,7 @@ def evaluate(
 
             def run(i: int, resized=resized, labels=labels, clips=clips) -> None:
                 if nets[i] is None:
-                    with building:
-                        nets[i] = static_network(model, configs[i], channels_last)
+                    nets[i] = static_network(model, configs[i], channels_last)
                 output = nets[i](resized[views[i]])
                 meters[i].update(average_clips(output, clips) if clips else output, labels,
                                  configs[i])
@@ -100,8 +96,7 @@ def static_network(model: SlimmableModel, config: Config,
                    channels_last: bool = False) -> torch.nn.Module:
     """The inference network of one configuration (:func:`~mutualnet.nn.extract.inference_network`
     of its extracted twin), channels-last when ``channels_last``."""
-    with model.using(config):
-        static = to_static(model)
+    static = model.subnet(config.width, config.resolution, config.frames)
     return inference_network(static, channels_last_format(model) if channels_last else None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 from torch import Tensor, nn
@@ -14,6 +15,9 @@ from .layers import SlimLayer, init_weights
 __all__ = ["SlimmableModel"]
 
 _TOLERANCE = 1e-6
+
+#: one extraction at a time in the process (each sets its model's configuration meanwhile)
+_EXTRACTING = threading.RLock()
 
 
 class SlimmableModel(nn.Module):
@@ -107,10 +111,14 @@ class SlimmableModel(nn.Module):
         self, width: float | None = None, resolution: int | None = None,
         frames: int | None = None,
     ) -> nn.Module:
-        """A plain static network with the weights (and BN statistics) of one configuration."""
+        """A plain static network with the weights (and BN statistics) of one configuration.
+
+        Safe to call from several threads: extractions run one at a time, since each sets
+        the model's configuration while it copies the weights."""
         from .extract import to_static
 
-        with self.using(width if width is not None else self._config.width, resolution, frames):
+        with _EXTRACTING, self.using(width if width is not None else self._config.width,
+                                     resolution, frames):
             return to_static(self)
 
     def active_param_count(self) -> int:

@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed runs of each procedure (the fastest of each is compared)")
     args = parser.parse_args()
+    if args.rounds < 1 or args.configs < 1:
+        parser.error("--rounds and --configs must be at least 1")
     run_dir = Path(args.run)
     if not (run_dir / "model.safetensors").exists():
         run_dir = Path("runs/bench-grid")

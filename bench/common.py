@@ -15,7 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mutualnet.cli import Parser, guarded, positive  # noqa: E402
 from mutualnet.train.allocator import retain_freed_memory  # noqa: E402
+
+__all__ = ["Parser", "positive", "program", "interleaved", "emit", "machine", "sync"]
 
 # the allocator setting of the `mutualnet` commands, for both sides of every comparison
 # (MUTUALNET_MALLOC=system measures with the C library's defaults instead)
@@ -64,3 +67,9 @@ def emit(result: dict) -> None:
     """Print the machine-readable result as the final line."""
     result = {"machine": machine(), **result}
     print(json.dumps(result))
+
+
+def program(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main`` as a program: a bad option or input is one line on stderr
+    and exit code 2, as in the ``mutualnet`` commands."""
+    sys.exit(guarded(main))

@@ -13,11 +13,10 @@ reported. Usage: python bench/gpu.py [--models mobilenet_v2,resnet50] [--batch 1
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from common import emit, interleaved
+from common import Parser, emit, interleaved, positive, program
 from train_step import build, slim_step, static_step
 
 from mutualnet.tasks import ClassificationTask
@@ -70,10 +69,10 @@ def measure(name: str, batch: int, rounds: int, device: torch.device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--models", default="mobilenet_v2,resnet50")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--batch", type=positive(int), default=128)
+    parser.add_argument("--rounds", type=positive(int), default=20)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -96,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    program(main)

@@ -6,13 +6,12 @@ then a full evaluation pass of it). Both use the same calibration images, so the
 must agree. Each round times both (alternating which goes first); the fastest of each is
 compared.
 
-Usage: python bench/grid.py [--run runs/demo] [--rounds 3]   (trains the default recipe for 1
-epoch into runs/bench-grid when no run is given and none exists)
+Usage: python bench/grid.py [--run RUN] [--configs 20] [--rounds 3]   (without --run: runs/demo,
+or else runs/bench-grid, trained from the default recipe for 1 epoch when absent)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import statistics
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common import emit
+from common import Parser, emit, positive, program
 
 from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.config import load_config
@@ -113,16 +112,18 @@ def ours(run, configs, train_set, val_set, task, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default="runs/demo")
-    parser.add_argument("--configs", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser = Parser(description=__doc__)
+    parser.add_argument("--run", help="a trained classification run (default: runs/demo if it "
+                        "is one, else runs/bench-grid, trained for 1 epoch if absent)")
+    parser.add_argument("--configs", type=positive(int), default=20)
+    parser.add_argument("--rounds", type=positive(int), default=3,
                         help="timed runs of each procedure (the fastest of each is compared)")
     args = parser.parse_args()
-    if args.rounds < 1 or args.configs < 1:
-        parser.error("--rounds and --configs must be at least 1")
-    run_dir = Path(args.run)
-    if not (run_dir / "model.safetensors").exists():
+    if args.run is not None:
+        run_dir = Path(args.run)
+    elif (Path("runs/demo") / "model.safetensors").exists():
+        run_dir = Path("runs/demo")
+    else:
         run_dir = Path("runs/bench-grid")
         if not (run_dir / "model.safetensors").exists():
             train(load_config("configs/fashion_mnist.yaml",
@@ -130,6 +131,9 @@ def main() -> None:
                   run_dir)
     device = torch.device("cpu")
     run = load_run(run_dir, device)
+    if run.config.task != "classification":
+        parser.error(f"{run_dir} is a {run.config.task} run; the grid compares top-1 accuracy "
+                     f"of classification runs")
     configs = run.space.grid(0.05)[: args.configs]
     train_set, val_set = run.datasets()
     task = ClassificationTask()
@@ -157,4 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    program(main)

@@ -7,24 +7,23 @@ Usage: python bench/inference.py [--model mobilenet_v2] [--width 0.5] [--resolut
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import emit, interleaved
+from common import Parser, emit, interleaved, positive, program
 
 from mutualnet import create_model
 from mutualnet.export import fold_batchnorm
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--resolution", type=int, default=160)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--width", type=positive(float), default=0.5)
+    parser.add_argument("--resolution", type=positive(int), default=160)
+    parser.add_argument("--rounds", type=positive(int), default=30)
     args = parser.parse_args()
     device = torch.device("cpu")
     w, r = args.width, args.resolution
@@ -66,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    program(main)

@@ -8,14 +8,13 @@ Usage: python bench/train_step.py [--models mobilenet_v2,resnet50] [--rounds 7] 
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from common import emit, interleaved
+from common import Parser, emit, interleaved, positive, program
 
 from mutualnet import create_model
 from mutualnet.space import Config, to_config
@@ -120,16 +119,22 @@ print((peak - base) / 2**20)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--models", default="mobilenet_v2,resnet50")
     parser.add_argument("--shapes", default="small,imagenet")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=positive(int), default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--contiguous-format", action="store_true",
                         help="NCHW instead of channels-last (the recipes' default) for both sides")
-    parser.add_argument("--batch", type=int, help="batch size instead of the shape's default")
+    parser.add_argument("--batch", type=positive(int),
+                        help="batch size instead of the shape's default")
     args = parser.parse_args()
+    unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
+    if unknown:
+        parser.error(f"--shapes takes {', '.join(SHAPES)}, got {', '.join(unknown)}")
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     channels_last = not args.contiguous_format
     results = []
     for name in args.models.split(","):
@@ -158,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    program(main)

@@ -14,7 +14,7 @@ from .errors import MutualNetError
 log = logging.getLogger("mutualnet")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """An argument parser whose mistakes are one line on stderr and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -35,7 +35,7 @@ def _parse_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _positive(kind: type) -> Callable[[str], float]:
+def positive(kind: type) -> Callable[[str], float]:
     """An argparse type for a positive ``kind`` (int or float)."""
 
     def parse(text: str):
@@ -224,9 +224,9 @@ def _default_run_dir(config: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mutualnet", description="One adaptive ConvNet for many compute budgets.")
+    parser = Parser(prog="mutualnet", description="One adaptive ConvNet for many compute budgets.")
     parser.add_argument("--version", action="version", version=f"mutualnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train a recipe into a run directory")
     p.add_argument("config", help="YAML recipe, e.g. configs/fashion_mnist.yaml")
@@ -248,23 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "trained range every --width-step)")
         p.add_argument("--resolutions", type=_parse_ints, help="default: the trained list")
         p.add_argument("--frames", type=_parse_ints, help="frame counts (video models)")
-        p.add_argument("--width-step", type=_positive(float), default=0.05)
-        p.add_argument("--batches", type=_positive(int), default=16,
+        p.add_argument("--width-step", type=positive(float), default=0.05)
+        p.add_argument("--batches", type=positive(int), default=16,
                        help="training batches for BN calibration")
         p.add_argument("--device", default="auto")
         p.add_argument("--data", help="dataset location, if it moved since training")
 
     p = sub.add_parser("calibrate", help="recompute BN statistics for each configuration")
     grid_options(p)
-    p.add_argument("--batch-size", type=_positive(int))
+    p.add_argument("--batch-size", type=positive(int))
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="evaluate the grid; write grid.json, grid.csv, "
                        "query_table.md, pareto.png")
     grid_options(p)
     p.add_argument("--latency", action="store_true", help="measure latency on this device")
-    p.add_argument("--latency-batch", type=_positive(int), default=32)
-    p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--latency-batch", type=positive(int), default=32)
+    p.add_argument("--batch-size", type=positive(int), default=256)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("select", help="the most accurate configuration within a budget (JSON)")
@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-scenes", help="write the synthetic detection/segmentation scenes "
                        "as a COCO-style dataset (annotations/*.json, train/, val/)")
     p.add_argument("out", help="folder to write")
-    p.add_argument("--train", type=_positive(int), help="training scenes (default 3000)")
-    p.add_argument("--val", type=_positive(int), help="validation scenes (default 500)")
-    p.add_argument("--size", type=_positive(int), default=96, help="canvas side in pixels")
+    p.add_argument("--train", type=positive(int), help="training scenes (default 3000)")
+    p.add_argument("--val", type=positive(int), help="validation scenes (default 500)")
+    p.add_argument("--size", type=positive(int), default=96, help="canvas side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="folder of Fashion-MNIST IDX files (default: the system's)")
     p.set_defaults(func=_cmd_make_scenes)
@@ -337,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-video-data", help="write the synthetic motion dataset as video "
                        "files in class folders (data.format video_folder reads them)")
     p.add_argument("out", help="folder to create (must be new or empty)")
-    p.add_argument("--train-per-class", type=_positive(int), default=50)
-    p.add_argument("--val-per-class", type=_positive(int), default=20)
+    p.add_argument("--train-per-class", type=positive(int), default=50)
+    p.add_argument("--val-per-class", type=positive(int), default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_video_data)
     return parser
@@ -358,13 +358,23 @@ _COMPUTING = {"train", "calibrate", "evaluate", "reproduce", "export"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def command() -> int:
         args = build_parser().parse_args(argv)
         if args.command in _COMPUTING:
             from .train.allocator import retain_freed_memory
 
             retain_freed_memory()
         return args.func(args)
+
+    return guarded(command)
+
+
+def guarded(command: Callable[[], int | None]) -> int:
+    """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
+    stderr and exit code 2, an interrupted training run 128 + its signal, Ctrl-C 130."""
+    try:
+        return command() or 0
     except MutualNetError as exc:
         signum = getattr(exc, "signum", None)
         if signum is not None:  # an interrupted training run: saved, not a mistake

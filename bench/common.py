@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mutualnet.cli import Parser, guarded, positive  # noqa: E402
 from mutualnet.train.allocator import retain_freed_memory  # noqa: E402
 
-__all__ = ["Parser", "positive", "program", "interleaved", "emit", "machine", "sync"]
+__all__ = ["Parser", "emit", "interleaved", "machine", "positive", "program", "sync"]
 
 # the allocator setting of the `mutualnet` commands, for both sides of every comparison
 # (MUTUALNET_MALLOC=system measures with the C library's defaults instead)

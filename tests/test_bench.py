@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_train import tiny, tiny_yaml
 
 from mutualnet.train import train
-
-from test_train import tiny, tiny_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -513,3 +513,75 @@ def test_bad_coco_data_stops_the_cli_with_one_line_and_keeps_results(
     line = _one_error_line(cli("train", recipe(tmp_path, "detection", root), "--out",
                                tmp_path / "new", "--max-steps", "1"))
     assert message in line
+
+
+# ------------------------------------------------------------------------------------------
+# metrics merged over processes (two gloo processes, as in a distributed validation)
+
+
+def _records(seed: int, images: range):
+    """Ground truth and noisy, scored detections of ``images`` (COCO rows, 3 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    ground_truth, detections = [], []
+    for i in images:
+        for _ in range(2):
+            x, y = (torch.rand(2, generator=g) * 60).tolist()
+            w, h = (10 + torch.rand(2, generator=g) * 30).tolist()
+            label = int(torch.randint(3, (1,), generator=g))
+            ground_truth.append([i, x, y, w, h, label, 0])
+            jitter = (torch.randn(4, generator=g) * 3).tolist()
+            detections.append([i, x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3],
+                               float(torch.rand(1, generator=g)), label])
+        detections.append([i, 5.0, 5.0, 20.0, 20.0, 0.3, 1])  # a false positive
+    return list(images), ground_truth, detections
+
+
+def _merge_in_process(rank: int, world: int, init: str, shards: list, out: str) -> None:
+    import torch.distributed as dist
+
+    from mutualnet.train.distributed import Distributed
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        all_reduce = Distributed(rank, world).all_reduce_sum
+        detection = DetectionTask(strides=[8]).meter()
+        images = shards[rank]["images"]
+        if images:
+            detection.images = images
+            detection.ground_truth, detection.detections = shards[rank]["gt"], shards[rank]["dt"]
+            detection.num_classes = 3
+        detection.reduce(all_reduce)
+        segmentation = SegmentationTask().meter()
+        if shards[rank]["confusion"] is not None:
+            segmentation.confusion = torch.tensor(shards[rank]["confusion"])
+        segmentation.reduce(all_reduce)
+        Path(f"{out}.{rank}").write_text(json.dumps({**detection.result(),
+                                                     **segmentation.result()}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("empty_rank", [False, True])
+def test_metrics_merged_over_two_processes_equal_one_process_seeing_everything(tmp_path,
+                                                                               empty_rank):
+    """Each process holds a strided shard of the validation images (the last may hold none);
+    after the merge every process reports what one process with all images reports."""
+    images, gt, dt = _records(0, range(12))
+    confusion = torch.randint(0, 50, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+    shards = []
+    for rank in range(2):
+        if empty_rank:  # rank 0 saw every image, rank 1 none
+            mine, parts = (images, [0, 1]) if rank == 0 else ([], [])
+        else:  # the strided shards of a distributed validation
+            mine, parts = images[rank::2], [rank]
+        shards.append({"images": mine, "gt": [r for r in gt if r[0] in mine],
+                       "dt": [r for r in dt if r[0] in mine],
+                       "confusion": confusion[parts].sum(0).tolist() if parts else None})
+    torch.multiprocessing.spawn(_merge_in_process, args=(2, f"file://{tmp_path / 'init'}",
+                                                         shards, str(tmp_path / "out")),
+                                nprocs=2, join=True)
+    expected = {**coco_map(images, gt, dt, 3), **mean_iou(confusion.sum(0))}
+    assert 10 < expected["map"] < 95  # a metric the merge can get wrong
+    for rank in range(2):
+        got = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert got == pytest.approx(expected, abs=1e-9), rank

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mutualnet.cli import Parser, guarded, positive  # noqa: E402
 from mutualnet.train.allocator import retain_freed_memory  # noqa: E402
 
-__all__ = ["Parser", "emit", "interleaved", "machine", "positive", "program", "sync"]
+__all__ = ["Parser", "emit", "interleaved", "machine", "positive", "program", "ratio_quartiles",
+           "sync"]
 
 # the allocator setting of the `mutualnet` commands, for both sides of every comparison
 # (MUTUALNET_MALLOC=system measures with the C library's defaults instead)
@@ -42,10 +43,12 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int,
-                device: torch.device) -> dict[str, float]:
+                device: torch.device, samples: dict[str, list[float]] | None = None,
+                ) -> dict[str, float]:
     """Median seconds of each function, run in alternating rounds so that machine noise hits
     every contender alike. The order rotates from round to round, so that no contender always
-    runs right after the same other one (whose threads or caches it would inherit)."""
+    runs right after the same other one (whose threads or caches it would inherit). With
+    ``samples``, each function's seconds in every round are put there under its name."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -60,7 +63,20 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int,
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ratio_quartiles(samples: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Quartiles (25%, median, 75%) of the round-by-round ratio ``num / den`` of
+    :func:`interleaved`'s ``samples``. The two run close together in each round, so slow
+    changes of the machine's load mostly cancel; the spread tells how far one run's ratio can
+    be trusted."""
+    ratios = [a / b for a, b in zip(samples[num], samples[den])]
+    if len(ratios) < 2:
+        return [round(ratios[0], 3)] * 3
+    return [round(q, 3) for q in statistics.quantiles(ratios, n=4, method="inclusive")]
 
 
 def emit(result: dict) -> None:

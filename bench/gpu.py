@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from common import Parser, emit, interleaved, positive, program
+from common import Parser, emit, interleaved, positive, program, ratio_quartiles
 from train_step import build, slim_step, static_step
 
 from mutualnet.tasks import ClassificationTask
@@ -52,17 +52,19 @@ def measure(name: str, batch: int, rounds: int, device: torch.device) -> dict:
     slim, static, _, _, _ = build(name, "imagenet", device, True, batch)
     opt_a = torch.optim.SGD(slim.parameters(), lr=0.01, momentum=0.9)
     opt_b = torch.optim.SGD([p for n in static for p in n.parameters()], lr=0.01, momentum=0.9)
+    samples: dict = {}
     f = interleaved({
         "step": autocast(lambda: slim_step(slim, opt_a, configs, x_cl, y), device),
         "floor": autocast(lambda: static_step(static, opt_b, configs, x_cl, y), device),
-    }, rounds=rounds, warmup=3, device=device)
+    }, rounds=rounds, warmup=3, device=device, samples=samples)
     row = {"model": name, "batch": batch,
            "configs": [f"{c.width:g}-{c.resolution}" for c in configs],
            "amp_images_per_s": round(batch / t["amp"], 1),
            "fp32_images_per_s": round(batch / t["fp32"], 1),
            "amp_over_fp32": round(t["fp32"] / t["amp"], 3),
            "step_s": round(f["step"], 4), "floor_s": round(f["floor"], 4),
-           "step_over_floor": round(f["step"] / f["floor"], 3)}
+           "step_over_floor": round(f["step"] / f["floor"], 3),
+           "step_over_floor_quartiles": ratio_quartiles(samples, "step", "floor")}
     if device.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common import Parser, emit, interleaved, positive, program
+from common import Parser, emit, interleaved, positive, program, ratio_quartiles
 
 from mutualnet import create_model
 from mutualnet.export import fold_batchnorm
@@ -47,15 +47,17 @@ def main() -> None:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             feed = {"images": x.numpy()}
             with torch.inference_mode():
+                samples: dict = {}
                 t = interleaved({
                     "extracted": lambda: extracted(x),
                     "native": lambda: native(x),
                     "slimmable": lambda: slim(x),
                     "onnxruntime": lambda: session.run(None, feed),
                 }, rounds=args.rounds if batch == 1 else max(5, args.rounds // 3), warmup=3,
-                    device=device)
+                    device=device, samples=samples)
         row = {"batch": batch, **{f"{k}_ms": round(v * 1000, 3) for k, v in t.items()},
                "extracted_over_native": round(t["extracted"] / t["native"], 3),
+               "extracted_over_native_quartiles": ratio_quartiles(samples, "extracted", "native"),
                "slimmable_over_native": round(t["slimmable"] / t["native"], 3),
                "onnxruntime_over_native": round(t["onnxruntime"] / t["native"], 3)}
         print(row, flush=True)

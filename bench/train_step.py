@@ -1,5 +1,6 @@
 """One MutualNet training step against the floor: the same four configurations as separately
-built static networks of the same shapes (same batch, SGD step), interleaved rounds, median.
+built static networks of the same shapes (same batch, SGD step), interleaved rounds, median
+(and the quartiles of the round-by-round ratio, to show the run's spread).
 
 Configurations: full (1.0 at the largest resolution), smallest (the lower width at the lowest
 resolution) and two fixed "random" ones (0.8 and 0.6 at the middle resolutions).
@@ -14,7 +15,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from common import Parser, emit, interleaved, positive, program
+from common import Parser, emit, interleaved, positive, program, ratio_quartiles
 
 from mutualnet import create_model
 from mutualnet.space import Config, to_config
@@ -143,16 +144,19 @@ def main() -> None:
             opt_a = torch.optim.SGD(slim.parameters(), lr=0.01, momentum=0.9)
             opt_b = torch.optim.SGD([p for n in static for p in n.parameters()], lr=0.01,
                                     momentum=0.9)
+            samples: dict = {}
             t = interleaved({
                 "mutualnet_step": lambda: slim_step(slim, opt_a, cfgs, x, y),
                 "floor": lambda: static_step(static, opt_b, cfgs, x, y),
-            }, rounds=args.rounds, warmup=2, device=device)
+            }, rounds=args.rounds, warmup=2, device=device, samples=samples)
             mem_slim = peak_memory(name, shape, "slim", args.device, channels_last, args.batch)
             mem_full = peak_memory(name, shape, "static", args.device, channels_last, args.batch)
             row = {"model": name, "shape": shape, "batch": x.shape[0],
                    "configs": [f"{c.width:g}-{c.resolution}" for c in cfgs],
                    "step_s": round(t["mutualnet_step"], 4), "floor_s": round(t["floor"], 4),
                    "step_over_floor": round(t["mutualnet_step"] / t["floor"], 3),
+                   "step_over_floor_quartiles": ratio_quartiles(samples, "mutualnet_step",
+                                                                "floor"),
                    "peak_mib_step": round(mem_slim, 1), "peak_mib_full_static": round(mem_full, 1),
                    "memory_ratio": round(mem_slim / mem_full, 3) if mem_full > 0 else None}
             print(row, flush=True)

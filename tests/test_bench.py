@@ -34,9 +34,11 @@ def result_of(out: subprocess.CompletedProcess, name: str) -> dict:
 
 def test_train_step_at_toy_size():
     result = result_of(bench("train_step.py", "--models", "mobilenet_v2", "--shapes", "small",
-                             "--rounds", "1", "--batch", "2"), "train_step")
+                             "--rounds", "3", "--batch", "2"), "train_step")
     (row,) = result["results"]
     assert row["model"] == "mobilenet_v2" and row["step_over_floor"] > 0
+    low, median, high = row["step_over_floor_quartiles"]
+    assert 0 < low <= median <= high
     assert row["memory_ratio"] > 0
 
 

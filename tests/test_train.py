@@ -131,6 +131,27 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert worst < 1e-4
 
 
+def test_validation_split_over_two_processes_equals_one_process(tmp_path):
+    """Each process evaluates every other validation image and the counts are summed: the
+    logged top-1 of a two-process run equals one process validating the same final weights."""
+    from mutualnet.run import load_run
+    from mutualnet.tasks import ClassificationTask
+    from mutualnet.train.distributed import Distributed
+    from mutualnet.train.loop import _validate
+
+    recipe = tiny_yaml(tmp_path, "train.epochs=1")
+    ddp = tmp_path / "ddp"
+    proc = _torchrun(["train", recipe, "--out", str(ddp), "--device", "cpu"], {})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (logged,) = [r for r in read_log(ddp) if r["kind"] == "val"]
+    run = load_run(ddp)
+    train_ds, val_ds = run.datasets()
+    single = _validate(run.model, train_ds, val_ds, run.space, ClassificationTask(), run.config,
+                       torch.device("cpu"), Distributed(), logged["step"])
+    assert {k: logged[k] for k in single} == single
+    assert 0 < single["top1_full"] <= 100
+
+
 def test_cli_train_runs_and_reports(tmp_path):
     recipe = tiny_yaml(tmp_path, "train.validate=false")
     proc = subprocess.run([sys.executable, "-m", "mutualnet", "train", recipe, "--out",

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import MutualNetError
@@ -203,7 +204,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     report = reproduce(args.preset, out, data=args.data, seeds=args.seeds, epochs=args.epochs,
                        device=args.device, methods=methods, overrides=args.overrides)
-    print(open(f"{out}/report.md").read(), end="")
+    print(Path(out, "report.md").read_text(), end="")
     print(json.dumps({"report": f"{out}/report.md", "seconds": report["wall_seconds"]}))
     return 0
 
@@ -218,8 +219,6 @@ def _cmd_make_scenes(args: argparse.Namespace) -> int:
 
 
 def _default_run_dir(config: str) -> str:
-    from pathlib import Path
-
     return str(Path("runs") / Path(config).stem)
 
 

@@ -34,8 +34,7 @@ def test_conv_allocates_weights_at_the_maximum_width_above_one():
 @pytest.mark.parametrize("group_channels", [None, 1, 4])
 def test_conv_at_a_width_equals_a_static_conv_on_the_leading_channels(group_channels):
     torch.manual_seed(0)
-    out = Dim(32) if group_channels != 1 else Dim(32)
-    conv = SlimConv2d(Dim(32), out, 3, group_channels=group_channels, bias=True)
+    conv = SlimConv2d(Dim(32), Dim(32), 3, group_channels=group_channels, bias=True)
     conv.set_width(0.5)
     x = torch.randn(2, conv.active_in, 9, 9)
     groups = conv.active_groups

@@ -39,8 +39,14 @@ def test_every_preset_has_enough_seeds_and_budgets():
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
+    """The tiny preset run by the command line, which prints the report and a JSON line."""
     out = tmp_path_factory.mktemp("reproduce")
-    return out, reproduce("tiny", out, seeds=2)
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "reproduce", "--preset", "tiny",
+                           "--seeds", "2", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith((out / "report.md").read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["report"] == f"{out}/report.md"
+    return out, json.loads((out / "report.json").read_text())
 
 
 def test_the_tiny_reproduction_writes_a_full_report(tiny_report):

@@ -542,8 +542,9 @@ def _merge_in_process(rank: int, world: int, init: str, shards: list, out: str) 
     from mutualnet.train.distributed import Distributed
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    group = Distributed(rank, world)
     try:
-        all_reduce = Distributed(rank, world).all_reduce_sum
+        all_reduce = group.all_reduce_sum
         detection = DetectionTask(strides=[8]).meter()
         images = shards[rank]["images"]
         if images:
@@ -558,7 +559,7 @@ def _merge_in_process(rank: int, world: int, init: str, shards: list, out: str) 
         Path(f"{out}.{rank}").write_text(json.dumps({**detection.result(),
                                                      **segmentation.result()}))
     finally:
-        dist.destroy_process_group()
+        group.shutdown(wait=True)
 
 
 @pytest.mark.parametrize("empty_rank", [False, True])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,9 @@ import torch.distributed as dist
 from ..errors import ConfigError
 
 __all__ = ["Distributed", "resolve_device"]
+
+#: how long a process idles after leaving the process group (see Distributed.shutdown)
+_SETTLE_SECONDS = 0.2
 
 
 @dataclass
@@ -57,9 +61,21 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """Leave the process group; ``wait``: first wait for every process (the end of a run
+        that went well; an error path does not wait for a peer that may never arrive).
+
+        Gloo's worker threads release the tensors of a finished collective only after the
+        caller has moved on, and need the interpreter's lock for it. A process that exits at
+        once can finalise the interpreter under them, and gloo then aborts it at exit
+        ("terminate called without an active exception", SIGABRT) although the run is
+        complete. So the process idles a moment, without the lock, before it goes on.
+        """
         if self.enabled and dist.is_initialized():
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
+            time.sleep(_SETTLE_SECONDS)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

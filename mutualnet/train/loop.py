@@ -358,6 +358,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         if dist.is_main:
             run_log.enabled = True
             run_log.write({"kind": "done", "step": step, "seconds": round(elapsed, 1)})
+        dist.shutdown(wait=True)  # every process is done, the weights are written
         return summary
     finally:
         dist.shutdown()

@@ -403,7 +403,7 @@ def test_malicious_cifar_pickle_is_refused_without_running_code(tmp_path):
     batch[b"labels"] = _Evil(marker)
     (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError, match=r"data_batch_1 refuses to load: the file asks to run "
-                                        r"code \((posix|nt)\.system\)"):
+                                        r"code \('(posix|nt)\.system'\)"):
         build_datasets(DataConfig(format="cifar10", root=str(folder)), 32)
     assert not marker.exists()
 

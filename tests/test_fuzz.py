@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mutualnet.config import (DataConfig, ModelConfig, OptimConfig, RunConfig, SpaceConfig,
@@ -164,6 +164,7 @@ def test_cifar_batches_of_random_structure(batch, protocol, good_data):
 
 @FUZZ
 @given(protocol=st.integers(0, 5), edits=EDITS)
+@example(protocol=4, edits=[("set", 23, 10)])  # a newline inside the module name it asks for
 def test_cifar_batches_with_damaged_bytes(protocol, edits):
     data = mutate(pickle.dumps(cifar_batch(2, 10, "labels", 3), protocol=protocol), edits)
     try:

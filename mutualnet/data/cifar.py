@@ -84,9 +84,10 @@ class SafeUnpickler(pickle._Unpickler):
             import _codecs
 
             return _codecs.encode
+        # the names come from the file: shown escaped, so the message stays one line
         raise DataError(f"{self.name} refuses to load: the file asks to run code "
-                        f"({module}.{name}); a CIFAR file holds only numpy arrays and lists, "
-                        f"so get a clean copy")
+                        f"({ascii(f'{module}.{name}')}); a CIFAR file holds only numpy arrays "
+                        f"and lists, so get a clean copy")
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(f"{self.name} refuses to load: it refers to outside objects; a CIFAR "

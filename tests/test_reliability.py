@@ -365,6 +365,24 @@ def test_out_of_range_requests_are_one_line_and_change_nothing(tmp_path, run, ar
     fails_without_damage(run, *[a.format(**values) for a in args], needles=(needle,))
 
 
+def test_a_moved_folder_whose_classes_differ_from_the_runs_is_refused(tmp_path):
+    """Labels are indices into the sorted class folders: with a class missing (or renamed)
+    the same index means another class, which would score the model against wrong labels."""
+    data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
+    run = tmp_path / "run"
+    with one_thread():
+        train(tiny("data.format=image_folder", f"data.root={data}", "data.augment=none",
+                   "train.batch_size=2", "train.max_steps=1", "train.validate=false",
+                   "space.resolutions=[16, 12]"), run)
+    moved = make_image_folder(tmp_path / "moved", classes=("ant", "cat"))
+    fails_without_damage(run, "calibrate", run, "--data", moved, "--widths", "1",
+                         "--resolutions", "16", needles=("ant, cat", "ant, bee, cat"))
+    same = make_image_folder(tmp_path / "same", classes=("ant", "bee", "cat"))
+    proc = cli("calibrate", run, "--data", same, "--widths", "1", "--resolutions", "16",
+               "--batches", "1")
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("command", [
     ["evaluate", "{missing}"], ["calibrate", "{missing}"], ["select", "{missing}", "--max-mmacs",
                                                             "5"],

@@ -81,14 +81,7 @@ class Run:
                 f"the data ({info.source}: {info.num_classes} classes, {info.in_chans} channels) "
                 f"does not fit the model ({self.meta['num_classes']} classes, "
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
-        trained = self.meta.get("class_names")
-        trained, found = (trained if isinstance(trained, list) else []), list(info.class_names)
-        if _named(trained) and _named(found) and found != trained[:len(found)]:
-            # a label is an index into the class list: another list gives it another meaning
-            raise DataError(
-                f"the data ({info.source}) has the classes {_listed(found)} but the run was "
-                f"trained on {_listed(trained)}; its labels would name other classes: point "
-                f"--data at the run's dataset")
+        info.check_classes(self.meta.get("class_names"))
         return train, val
 
     def save(self) -> None:
@@ -164,15 +157,3 @@ def _check_meta(meta: Any, source: Path, config: RunConfig) -> None:
     raise CheckpointError(f"{source} holds a {found} but {CONFIG_FILE} beside it describes "
                           f"{wanted}: the files come from different runs; restore the run's "
                           f"own files")
-
-
-def _named(names: list) -> bool:
-    """Whether a class list names its classes (not just numbers them 0, 1, ...)."""
-    return (bool(names) and all(isinstance(n, str) for n in names)
-            and names != [str(i) for i in range(len(names))])
-
-
-def _listed(names: list[str], most: int = 8) -> str:
-    """Class names for a message: all of them, or the first ``most`` and a count."""
-    shown = ", ".join(ascii(n)[1:-1] for n in names[:most])
-    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"

@@ -383,6 +383,19 @@ def test_a_moved_folder_whose_classes_differ_from_the_runs_is_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_resuming_on_moved_data_whose_classes_differ_is_refused(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
+    recipe = tiny_yaml(tmp_path, "data.format=image_folder", f"data.root={data}",
+                       "data.augment=none", "train.batch_size=2", "train.max_steps=1",
+                       "train.validate=false", "space.resolutions=[16, 12]")
+    run = tmp_path / "run"
+    proc = cli("train", recipe, "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    renamed = make_image_folder(tmp_path / "renamed", classes=("ant", "bee", "dog"))
+    fails_without_damage(run, "train", recipe, "--out", run, "--resume", "--data", renamed,
+                         "--max-steps", "2", needles=("ant, bee, dog", "ant, bee, cat"))
+
+
 @pytest.mark.parametrize("command", [
     ["evaluate", "{missing}"], ["calibrate", "{missing}"], ["select", "{missing}", "--max-mmacs",
                                                             "5"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -51,6 +51,31 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     source: str = ""  # where the data came from, for people
+
+    def check_classes(self, trained: Any) -> None:
+        """Refuse data whose classes are not those of ``trained`` (a run's ``class_names``):
+        a label is an index into the class list, so another list gives it another meaning
+        (a class folder missing or renamed since training shifts every label after it). Lists
+        that only number their classes, as IDX files and converted runs do, say nothing and
+        are not compared; fewer classes are fine when they come first."""
+        trained = trained if isinstance(trained, list) else []
+        found = list(self.class_names)
+        if _named(trained) and _named(found) and found != trained[:len(found)]:
+            raise DataError(f"the data ({self.source}) has the classes {_listed(found)} but the "
+                            f"run was trained on {_listed(trained)}; its labels would name other "
+                            f"classes: point --data at the run's dataset")
+
+
+def _named(names: list) -> bool:
+    """Whether a class list names its classes (not just numbers them 0, 1, ...)."""
+    return (bool(names) and all(isinstance(n, str) for n in names)
+            and names != [str(i) for i in range(len(names))])
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """Class names for a message: all of them, or the first ``most`` and a count."""
+    shown = ", ".join(ascii(n)[1:-1] for n in names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
 
 
 def _stats(cfg: DataConfig, channels: int) -> tuple[list[float], list[float]]:

@@ -81,7 +81,7 @@ class Run:
                 f"the data ({info.source}: {info.num_classes} classes, {info.in_chans} channels) "
                 f"does not fit the model ({self.meta['num_classes']} classes, "
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
-        info.check_classes(self.meta.get("class_names"))
+        info.check_classes(self.meta)
         return train, val
 
     def save(self) -> None:

@@ -52,12 +52,14 @@ class DataInfo:
     std: list[float] = field(default_factory=list)
     source: str = ""  # where the data came from, for people
 
-    def check_classes(self, trained: Any) -> None:
-        """Refuse data whose classes are not those of ``trained`` (a run's ``class_names``):
-        a label is an index into the class list, so another list gives it another meaning
-        (a class folder missing or renamed since training shifts every label after it). Lists
-        that only number their classes, as IDX files and converted runs do, say nothing and
-        are not compared; fewer classes are fine when they come first."""
+    def check_classes(self, meta: Any) -> None:
+        """Refuse data whose classes are not the ``class_names`` of a run's ``meta`` (as saved
+        with its weights and checkpoints): a label is an index into the class list, so another
+        list gives it another meaning (a class folder missing or renamed since training shifts
+        every label after it). Lists that only number their classes, as IDX files and
+        converted runs do, say nothing and are not compared; fewer classes are fine when they
+        come first."""
+        trained = meta.get("class_names") if isinstance(meta, dict) else None
         trained = trained if isinstance(trained, list) else []
         found = list(self.class_names)
         if _named(trained) and _named(found) and found != trained[:len(found)]:

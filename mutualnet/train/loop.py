@@ -257,7 +257,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         step = 0
         if resume:
             state = resume_checkpoint(run_dir, map_location=device)
-            info.check_classes((state.get("meta") or {}).get("class_names"))
+            info.check_classes(state.get("meta"))
             load_model_state(model, state["model"], f"the weights in the checkpoint of {run_dir}")
             try:
                 optimizer.load_state_dict(state["optimizer"])

@@ -58,10 +58,12 @@ def main() -> None:
     task = ClassificationTask()
     space = Space(cfg.space.width_range, cfg.space.resolutions, None, cfg.space.num_random)
 
+    single = Distributed()
+
     def step(i: int) -> None:
         """One optimizer step exactly as ``mutualnet train`` takes it."""
         _train_step(model, model, images, labels, space.sandwich(0, i), task, optimizer, None,
-                    None, device, Distributed(), i, False, 1)
+                    None, device, single, i, False, 1)
 
     for i in range(3):
         step(i)

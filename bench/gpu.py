@@ -13,7 +13,6 @@ reported. Usage: python bench/gpu.py [--models mobilenet_v2,resnet50] [--batch 1
 
 from __future__ import annotations
 
-
 import torch
 
 from common import Parser, emit, interleaved, positive, program, ratio_quartiles
@@ -26,8 +25,9 @@ from mutualnet.train.loop import _train_step
 
 def engine_step(model, optimizer, configs, x, y, amp_dtype, device):
     """One optimizer step exactly as ``mutualnet train`` takes it."""
-    return lambda: _train_step(model, model, x, y, configs, ClassificationTask(), optimizer,
-                               None, amp_dtype, device, Distributed(), 0, False, 1)
+    task, single = ClassificationTask(), Distributed()
+    return lambda: _train_step(model, model, x, y, configs, task, optimizer, None, amp_dtype,
+                               device, single, 0, False, 1)
 
 
 def autocast(fn, device):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,6 +313,30 @@ def test_bad_annotations_are_one_line_data_errors(coco_root, change, message):
     change(data)
     with pytest.raises(DataError, match=message):
         parse_coco(data, "instances_val.json")
+
+
+@pytest.mark.parametrize("segmentation, iscrowd, message", [
+    ({"size": [48, 64], "counts": [5, -3, 10]}, 1, "annotations[0] has an RLE segmentation"),
+    ({"size": [10, 10], "counts": [100]}, 1, "annotations[0] has an RLE mask of size [10, 10]"),
+    ({"size": [48, 64], "counts": "caf\u00e9"}, 0, "annotations[0] has an RLE segmentation"),
+    ([[0, 0, 1e12, 0, 1e12, 1e12]], 0, "annotations[0] has a polygon point far outside"),
+    ([[0, 0, 10, 0, 10, 10]], "yes", "annotations[0] has iscrowd 'yes'"),
+])
+def test_bad_masks_are_found_when_the_file_is_read(coco_root, segmentation, iscrowd, message):
+    """Masks pycocotools would crash on (a segfault for huge polygon coordinates), reject
+    late or misread are refused by the reader, naming the annotation."""
+    data = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    data["annotations"][0].update(segmentation=segmentation, iscrowd=iscrowd)
+    with pytest.raises(DataError, match=re.escape(message)):
+        parse_coco(data, "instances_val.json", need_masks=True)
+
+
+def test_masks_pycocotools_cannot_decode_are_one_line_errors_naming_the_image(coco_root):
+    from mutualnet.data.coco import rasterise
+
+    with pytest.raises(DataError, match=re.escape("img0.png: a segmentation cannot be decoded")):
+        rasterise([([0, 0, 4, 4], 0, True, {"size": [8, 8], "counts": [5, -3, 10]})], 8, 8,
+                  "instances_val.json: img0.png")
 
 
 def test_synthetic_scenes_are_deterministic_and_written_as_coco(tmp_path):

@@ -6,7 +6,8 @@ two splits ``train*`` and ``val*``. Every image is letterboxed into a square can
 largest resolution: resized so its longer side fits, placed at the top-left, padded with the
 mean colour (zeros after normalisation). Training flips horizontally with p=0.5 (images,
 boxes and masks together). Annotation mistakes are found when the file is read and reported
-as one-line :class:`DataError` s.
+as one-line :class:`DataError` s, naming the annotation (a compressed RLE string that does not
+decode is found when its image is read, naming the image).
 
 Items are ``(image float [3, S, S], target)``: for detection a dict (see
 ``mutualnet.tasks.detection``), for segmentation an int64 mask ``[S, S]`` with 0 background,
@@ -110,12 +111,20 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
                 and bbox[2] >= 0 and bbox[3] >= 0):
             raise _fail(source, f"annotations[{i}] needs a bbox [x, y, width, height] with "
                                 f"non-negative width and height, got {bbox!r}")
+        crowd = a.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, float):
+            raise _fail(source, f"annotations[{i}] has iscrowd {crowd!r}; it must be 0 or 1")
         segmentation = a.get("segmentation")
-        if need_masks and not _valid_segmentation(segmentation):
-            raise _fail(source, f"annotations[{i}] has no polygon or RLE segmentation, which "
-                                f"segmentation needs")
+        if need_masks:
+            if not _valid_segmentation(segmentation):
+                raise _fail(source, f"annotations[{i}] has no polygon or RLE segmentation, "
+                                    f"which segmentation needs")
+            _, _, height, width = images[position[a["image_id"]]]
+            problem = _mask_problem(segmentation, height, width)
+            if problem:
+                raise _fail(source, f"annotations[{i}] has {problem}")
         annotations[position[a["image_id"]]].append(
-            ([float(v) for v in bbox], cat_index[a["category_id"]], bool(a.get("iscrowd", 0)),
+            ([float(v) for v in bbox], cat_index[a["category_id"]], bool(crowd),
              segmentation if need_masks else None))
     return CocoIndex(source, categories, images, annotations)
 
@@ -126,6 +135,34 @@ def _valid_segmentation(seg: Any) -> bool:
                                  and all(map(_number, p)) for p in seg)
     return isinstance(seg, dict) and isinstance(seg.get("size"), list) \
         and isinstance(seg.get("counts"), (list, str))
+
+
+#: polygon points at most this many image sizes outside the image (pycocotools' rasteriser
+#: overflows, even crashes, on coordinates far beyond it)
+_POLYGON_REACH = 16
+
+
+def _mask_problem(seg: Any, height: int, width: int) -> str | None:
+    """What is wrong with a well-formed segmentation of an image of ``height × width``,
+    checked without decoding it, or None."""
+    if isinstance(seg, list):
+        reach = _POLYGON_REACH * max(height, width)
+        if any(abs(v) > reach for polygon in seg for v in polygon):
+            return (f"a polygon point far outside its {width}x{height} image (more than "
+                    f"{_POLYGON_REACH} image sizes away)")
+        return None
+    size, counts = seg["size"], seg["counts"]
+    if size != [height, width]:
+        return (f"an RLE mask of size {size!r}, which does not match its image "
+                f"(height {height}, width {width})")
+    if isinstance(counts, str):
+        if not counts.isascii():
+            return "an RLE segmentation whose counts string is not ASCII"
+    elif not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) \
+            or sum(counts) > height * width:
+        return ("an RLE segmentation whose counts are not non-negative integers within the "
+                "image's pixel count")
+    return None
 
 
 def read_coco(path: Path, need_masks: bool = False) -> CocoIndex:
@@ -183,7 +220,7 @@ def rasterise(annotations: Sequence[tuple], height: int, width: int, source: str
             with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice
                 warnings.simplefilter("ignore", DeprecationWarning)
                 m = mask_utils.decode(_to_rle(seg, height, width))
-        except (ValueError, TypeError, KeyError, UnicodeEncodeError) as exc:
+        except (ValueError, TypeError, KeyError, UnicodeEncodeError, OverflowError) as exc:
             raise DataError(f"{source}: a segmentation cannot be decoded ({exc}); fix the "
                             f"annotations") from None
         if m.shape != (height, width):
@@ -247,7 +284,7 @@ class CocoDataset(Dataset):
         return x
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
-        image_id, _, height, width = self.index.images[i]
+        image_id, name, height, width = self.index.images[i]
         size = self.image_size
         img = self._read(i)
         scale = size / max(height, width)
@@ -260,7 +297,8 @@ class CocoDataset(Dataset):
         canvas[:, :h, :w] = x.flip(-1) if flip else x
         annotations = self.index.annotations[i]
         if self.task == "segmentation":
-            classes = torch.from_numpy(rasterise(annotations, height, width, self.index.source))
+            classes = torch.from_numpy(rasterise(annotations, height, width,
+                                                 f"{self.index.source}: image {name}"))
             classes = F.interpolate(classes[None, None].float(), size=(h, w),
                                     mode="nearest")[0, 0].long()
             mask = torch.full((size, size), IGNORE, dtype=torch.long)

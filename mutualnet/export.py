@@ -57,6 +57,9 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     config = run.check_config(config)
     out = Path(out)
+    if run.owns(out):
+        raise ConfigError(f"cannot write {out}: {out.name} is a file of the run {run.path}; "
+                          f"choose another -o")
     _check_writable(out, fmt)
     if run.meta.get("needs_calibration"):
         raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "

@@ -13,16 +13,16 @@ from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .nn.model import SlimmableModel
 from .space import Config, Space, channels_last
 from .tasks import build_task_model
-from .train.checkpoint import (CHECKPOINT, WEIGHTS, load_checkpoint, load_model_state, load_weights,
-                               save_weights)
+from .select import GRID_CSV, GRID_JSON, PARETO_PNG, QUERY_TABLE, RESULT_FILES
+from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, PREVIOUS, WEIGHTS, load_checkpoint,
+                               load_model_state, load_weights, save_weights)
+from .train.log import LOG
 
-__all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TABLE", "PARETO_PNG"]
+__all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TABLE", "PARETO_PNG",
+           "RUN_FILES"]
 
-CONFIG_FILE = "config.yaml"
-GRID_JSON = "grid.json"
-GRID_CSV = "grid.csv"
-QUERY_TABLE = "query_table.md"
-PARETO_PNG = "pareto.png"
+#: the files a run directory holds
+RUN_FILES = (CONFIG_FILE, CHECKPOINT, PREVIOUS, WEIGHTS, LOG, *RESULT_FILES)
 
 
 @dataclass
@@ -38,6 +38,16 @@ class Run:
         s = self.config.space
         return Space(tuple(self.meta["width_range"]), tuple(s.resolutions),
                      tuple(s.frames) if s.frames else None, s.num_random, s.smallest_at_lowest)
+
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is (or would become) one of the run's own files."""
+        path = Path(path)
+        for name in RUN_FILES:
+            mine = self.path / name
+            if path.resolve() == mine.resolve() or (path.exists() and mine.exists()
+                                                    and path.samefile(mine)):
+                return True
+        return False
 
     def calibrated_keys(self) -> set[str]:
         from .nn.layers import _SlimBatchNormNd

@@ -10,9 +10,14 @@ from typing import Any
 from .errors import ConfigError, MutualNetError
 from .train.checkpoint import atomic_write_bytes
 
-__all__ = ["metric_of", "pareto_front", "select", "read_grid", "write_results"]
+__all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
+           "write_results"]
 
 METRICS = ("top1", "map", "miou")
+GRID_JSON, GRID_CSV, QUERY_TABLE, PARETO_PNG = ("grid.json", "grid.csv", "query_table.md",
+                                                "pareto.png")
+#: what an evaluation writes into a run directory
+RESULT_FILES = (GRID_JSON, GRID_CSV, QUERY_TABLE, PARETO_PNG)
 
 
 def metric_of(rows: list[dict[str, Any]]) -> str:
@@ -57,7 +62,7 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
 
 
 def read_grid(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "grid.json"
+    path = Path(run_dir) / GRID_JSON
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
     if not path.is_file():
@@ -161,7 +166,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu") -> None:
     """grid.json, grid.csv, query_table.md and pareto.png of a run."""
     run_dir = Path(run_dir)
-    atomic_write_bytes(run_dir / "grid.json", (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_bytes(run_dir / GRID_JSON, (json.dumps(rows, indent=1) + "\n").encode())
     keys = list(dict.fromkeys(k for r in rows for k in r))
     import io
 
@@ -169,6 +174,18 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
     writer = csv.DictWriter(text, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(run_dir / "grid.csv", text.getvalue().encode())
-    atomic_write_bytes(run_dir / "query_table.md", _query_table(rows, device).encode())
-    _plot(rows, run_dir / "pareto.png")
+    atomic_write_bytes(run_dir / GRID_CSV, text.getvalue().encode())
+    atomic_write_bytes(run_dir / QUERY_TABLE, _query_table(rows, device).encode())
+    _plot(rows, run_dir / PARETO_PNG)
+
+
+def remove_results(run_dir: Path) -> list[str]:
+    """Remove the results of an evaluation from a run directory (the grid first, which
+    ``select`` reads); returns the names removed."""
+    removed = []
+    for name in RESULT_FILES:
+        path = Path(run_dir) / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    return removed

@@ -422,6 +422,45 @@ def test_an_existing_run_is_never_overwritten_or_resumed_differently(run, extra,
                          needles=(needle,))
 
 
+def test_a_folder_holding_weights_or_results_is_a_run_too(run_copy):
+    """A converted run, or one whose checkpoints were removed, still holds weights and a
+    table that a new training must not replace."""
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run_copy / name).unlink()
+    fails_without_damage(run_copy, "train", run_copy / "config.yaml", "--out", run_copy,
+                         needles=("already holds a run", "model.safetensors"))
+
+
+def test_resuming_a_finished_run_changes_nothing(run_copy):
+    """Nothing is left to train: the calibrated weights and the table stay as they are."""
+    before = snapshot(run_copy)
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to train" in proc.stderr
+    assert snapshot(run_copy) == before
+
+
+def test_training_an_evaluated_run_further_removes_its_stale_table(run_copy):
+    """New weights make the calibrated statistics and the table of the old ones wrong: the
+    table goes (with a warning) rather than select and serve configurations it no longer
+    describes."""
+    assert (run_copy / "grid.json").is_file()
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+               "--max-steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "removed grid.json" in proc.stderr and "`mutualnet evaluate" in proc.stderr
+    for name in ("grid.json", "grid.csv", "query_table.md", "pareto.png"):
+        assert not (run_copy / name).exists(), name
+    one_line_error(cli("select", run_copy, "--max-mmacs", "1"), "run `mutualnet evaluate")
+
+
+def test_an_export_over_a_file_of_the_run_is_refused(run):
+    for name in ("model.safetensors", "checkpoint.pt", "grid.json"):
+        fails_without_damage(run, "export", run, "--width", "0.5", "--resolution", "12",
+                             "--format", "safetensors", "-o", run / name,
+                             needles=(f"{name} is a file of the run",))
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. bad input: damaged checkpoints and weights of another model
 

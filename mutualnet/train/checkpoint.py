@@ -19,6 +19,7 @@ from ..errors import CheckpointError, MutualNetError, UnsafeCheckpointError
 
 __all__ = [
     "CHECKPOINT",
+    "CONFIG_FILE",
     "PREVIOUS",
     "WEIGHTS",
     "atomic_write_bytes",
@@ -33,6 +34,7 @@ __all__ = [
 
 log = logging.getLogger("mutualnet")
 
+CONFIG_FILE = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"

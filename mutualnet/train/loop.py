@@ -31,7 +31,8 @@ from ..evaluate import evaluate
 from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
-from .checkpoint import WEIGHTS, load_model_state, resume_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, load_model_state, load_weights,
+                         resume_checkpoint, save_checkpoint, save_weights)
 from .distributed import Distributed, resolve_device
 from .log import RunLog
 from .optim import build_optimizer, lr_at
@@ -42,7 +43,6 @@ __all__ = ["train", "build_space", "build_model", "run_metadata", "TrainingInter
 
 log = logging.getLogger("mutualnet")
 
-CONFIG_FILE = "config.yaml"
 CALIBRATION_BATCHES = 8
 
 # Keys that may differ between a run and its resumption: they do not change the trajectory.
@@ -139,9 +139,15 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
                 f"resume with the run's own {CONFIG_FILE} or start a new --out directory"
             )
         return
-    if (run_dir / "checkpoint.pt").exists():
+    from ..select import RESULT_FILES
+
+    if (run_dir / CHECKPOINT).exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it "
                           f"or choose another --out directory")
+    held = [name for name in (WEIGHTS, *RESULT_FILES) if (run_dir / name).exists()]
+    if held:  # weights without a training state: a converted run, or checkpoints removed
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); choose another "
+                          f"--out directory")
     if is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +158,18 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
         except OSError as exc:
             raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}; "
                               f"choose a writable --out") from None
+
+
+def _weights_are(path: Path, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the weights file holds exactly the tensors of ``state`` (and maybe calibrated
+    statistics besides)."""
+    if not path.is_file():
+        return False
+    try:
+        tensors, _ = load_weights(path)
+    except MutualNetError:
+        return False
+    return all(k in tensors and torch.equal(tensors[k], v.cpu()) for k, v in state.items())
 
 
 def _differing_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -269,6 +287,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                                       f"damaged ({type(exc).__name__}); restore it or "
                                       f"retrain") from None
             step = int(state["step"])
+            if step >= stop_step and _weights_are(run_dir / WEIGHTS, state["model"]):
+                log.info("%s is trained to step %d already, and its weights are written: "
+                         "nothing to train (raise --epochs or --max-steps to go on)",
+                         run_dir, step)
+                return {"run": str(run_dir), "steps": step, "seconds": 0.0,
+                        "validation": None}
             log.info("resumed %s at step %d", run_dir, step)
 
         ddp_model: torch.nn.Module = model
@@ -353,6 +377,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
             run_log.close()
         elapsed = time.time() - started
         if dist.is_main:
+            from ..select import remove_results
+
+            # the table and calibrated statistics of earlier weights describe them, not these
+            removed = remove_results(run_dir)
+            if removed:
+                log.warning("removed %s, the results of the earlier weights of %s; run "
+                            "`mutualnet evaluate %s` again", ", ".join(removed), run_dir,
+                            run_dir)
             save_weights(run_dir / WEIGHTS, model.state_dict(), meta)
         summary = {"run": str(run_dir), "steps": step, "seconds": round(elapsed, 1),
                    "validation": last_validation}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -145,4 +146,11 @@ def calibrate_run(
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)
     run.save()
+    from .select import remove_results_of
+
+    removed = remove_results_of(run.path, {c.key for c in configs})
+    if removed:
+        logging.getLogger("mutualnet").warning(
+            "removed %s: the grid held configurations measured with the statistics just "
+            "replaced; run `mutualnet evaluate %s` again", ", ".join(removed), run.path)
     return configs

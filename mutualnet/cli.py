@@ -22,18 +22,27 @@ class Parser(argparse.ArgumentParser):
         raise MutualNetError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _parse_floats(text: str) -> list[float]:
+def _parse_list(text: str, kind: type, what: str, unique: bool = True) -> list:
+    """Comma-separated values in their order (each once when ``unique``)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    return list(dict.fromkeys(values)) if unique else values
+
+
+def _parse_floats(text: str) -> list[float]:
+    return _parse_list(text, float, "numbers")
 
 
 def _parse_ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return _parse_list(text, int, "integers")
+
+
+def _parse_pair(text: str) -> list[float]:
+    return _parse_list(text, float, "numbers", unique=False)
 
 
 def positive(kind: type) -> Callable[[str], float]:
@@ -128,7 +137,9 @@ def _grid(run, args: argparse.Namespace):
     widths = args.widths or sorted({c.width for c in grid})
     resolutions = args.resolutions or sorted(space.resolutions)
     frames = getattr(args, "frames", None) or (list(space.frames) if space.frames else [None])
-    return [run.check_config(Config(w, r, t)) for w in widths for r in resolutions for t in frames]
+    configs = [run.check_config(Config(w, r, t)) for w in widths for r in resolutions
+               for t in frames]
+    return list(dict.fromkeys(configs))  # widths that round to the same one count once
 
 
 def _open_run(args: argparse.Namespace):
@@ -148,7 +159,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     configs = calibrate_run(run, _grid(run, args), batches=args.batches,
                             batch_size=args.batch_size, progress=True)
     print(json.dumps({"run": str(run.path), "calibrated": len(configs),
-                      "batches": args.batches}))
+                      **run.meta["calibration"]}))
     return 0
 
 
@@ -289,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="turn an official MutualNet checkpoint into a run directory")
     p.add_argument("checkpoint")
     p.add_argument("--arch", required=True, choices=["mobilenet_v1", "mobilenet_v2", "resnet50"])
-    p.add_argument("--width-range", type=_parse_floats,
+    p.add_argument("--width-range", type=_parse_pair,
                    help="LO,HI the checkpoint was trained on (default: the official recipe's)")
     p.add_argument("-o", "--output", required=True, help="run directory to create")
     p.set_defaults(func=_cmd_convert_official)

@@ -145,10 +145,10 @@ def evaluate_run(
     the plot. Configurations without calibrated statistics are calibrated first (once)."""
     from .calibrate import calibrate_run
     from .macs import count_macs
-    from .select import write_results
+    from .select import update_results
     from .tasks import build_task
 
-    configs = [run.check_config(c) for c in configs]
+    configs = list(dict.fromkeys(run.check_config(c) for c in configs))
     if run.meta.get("needs_calibration"):
         raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
                           f"run `mutualnet calibrate {run.path}` first")
@@ -191,5 +191,5 @@ def evaluate_run(
             row["latency_ms"] = round(measure_latency(static, (1, *shape), run.device), 4)
             row[f"latency_ms_b{latency_batch}"] = round(
                 measure_latency(static, (latency_batch, *shape), run.device, 2, 7), 4)
-    write_results(run.path, rows, device=str(run.device))
+    update_results(run.path, rows, device=str(run.device))
     return rows

@@ -11,7 +11,7 @@ from .errors import ConfigError, MutualNetError
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
-           "write_results"]
+           "remove_results_of", "update_results", "write_results"]
 
 METRICS = ("top1", "map", "miou")
 GRID_JSON, GRID_CSV, QUERY_TABLE, PARETO_PNG = ("grid.json", "grid.csv", "query_table.md",
@@ -95,7 +95,7 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         f"of {len(rows)} evaluated configurations by {metric} against MACs.",
         "",
     ]
-    has_latency = "latency_ms" in rows[0]
+    has_latency = all("latency_ms" in r for r in rows)
     head = (["MMACs", "config"] + (["frames"] if has_frames else []) + [metric]
             + (["latency ms (batch 1)"] if has_latency else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -177,6 +177,53 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
     atomic_write_bytes(run_dir / GRID_CSV, text.getvalue().encode())
     atomic_write_bytes(run_dir / QUERY_TABLE, _query_table(rows, device).encode())
     _plot(rows, run_dir / PARETO_PNG)
+
+
+def _configuration(row: dict[str, Any]) -> tuple:
+    """The configuration a grid row measured, as a sortable tuple."""
+    return row["width"], row["resolution"], row.get("frames") or 0
+
+
+def _rows_kept(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of the run's grid, or none when there is none or it is damaged."""
+    try:
+        rows = read_grid(run_dir) if (Path(run_dir) / GRID_JSON).is_file() else []
+    except ConfigError:
+        return []
+    ok = all(isinstance(r.get("width"), (int, float)) and isinstance(r.get("resolution"), int)
+             for r in rows)
+    return rows if ok else []
+
+
+def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
+                   ) -> list[dict[str, Any]]:
+    """Add ``rows`` to the run's grid and write the results (:func:`write_results`): a row of
+    a configuration measured before replaces the earlier one (keeping its latency when this
+    evaluation measured none), rows of other configurations stay. Returns the whole grid."""
+    new = {_configuration(r): r for r in rows}
+    kept = []
+    for row in _rows_kept(run_dir):
+        same = new.get(_configuration(row))
+        if same is None:
+            kept.append(row)
+            continue
+        for name, value in row.items():
+            if name.startswith("latency_ms") and "latency_ms" not in same:
+                same[name] = value
+    merged = sorted(kept + list(new.values()), key=_configuration)
+    write_results(run_dir, merged, device)
+    return merged
+
+
+def remove_results_of(run_dir: Path, keys: set[str]) -> list[str]:
+    """Remove the run's results when its grid has a row of a configuration in ``keys``
+    (whose calibrated statistics were replaced); returns the names removed."""
+    from .space import Config
+
+    rows = _rows_kept(run_dir)
+    if any(Config(r["width"], r["resolution"], r.get("frames")).key in keys for r in rows):
+        return remove_results(run_dir)
+    return []
 
 
 def remove_results(run_dir: Path) -> list[str]:

@@ -354,6 +354,7 @@ def test_an_empty_recipe_section_means_the_defaults(tmp_path):
     (["evaluate", "{run}", "--widths", "1", "--data", "{truncated}"], "is truncated"),
     (["evaluate", "{run}", "--width-step", "0"], "--width-step"),
     (["evaluate", "{run}", "--widths", "1", "--batch-size", "-5"], "--batch-size"),
+    (["evaluate", "{run}", "--widths", ","], "expected comma-separated numbers"),
 ], ids=command_id)
 def test_out_of_range_requests_are_one_line_and_change_nothing(tmp_path, run, args, needle):
     more_classes, truncated = tmp_path / "more-classes", tmp_path / "truncated"
@@ -452,6 +453,43 @@ def test_training_an_evaluated_run_further_removes_its_stale_table(run_copy):
     for name in ("grid.json", "grid.csv", "query_table.md", "pareto.png"):
         assert not (run_copy / name).exists(), name
     one_line_error(cli("select", run_copy, "--max-mmacs", "1"), "run `mutualnet evaluate")
+
+
+def _grid_keys(run: Path) -> list[tuple]:
+    return [(r["width"], r["resolution"]) for r in json.loads((run / "grid.json").read_text())]
+
+
+def test_evaluating_some_configurations_keeps_the_other_rows_of_the_grid(run_copy):
+    """A second evaluation adds its rows to the table (replacing those of the same
+    configurations, each once) instead of replacing the table."""
+    before = {(r["width"], r["resolution"]): r
+              for r in json.loads((run_copy / "grid.json").read_text())}
+    proc = cli("evaluate", run_copy, "--widths", "0.75,0.75", "--resolutions", "16,16",
+               "--batch-size", "16", "--batches", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = json.loads((run_copy / "grid.json").read_text())
+    assert sorted(_grid_keys(run_copy)) == sorted([*before, (0.75, 16)])
+    assert all(r == before[(r["width"], r["resolution"])] for r in after
+               if r["width"] != 0.75)
+    assert "of 5 evaluated configurations" in (run_copy / "query_table.md").read_text()
+    assert (run_copy / "grid.csv").read_text().count("\n") == len(after) + 1
+
+
+def test_recalibrating_configurations_of_the_table_removes_it(run_copy):
+    """Rows measured with statistics that calibration replaced no longer hold."""
+    proc = cli("calibrate", run_copy, "--widths", "0.5", "--resolutions", "12", "--batches", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["batches"] == 1
+    assert "removed grid.json" in proc.stderr and not (run_copy / "grid.json").exists()
+
+
+def test_calibration_reports_the_batches_it_had(run_copy):
+    """48 training images make 6 batches of 8, whatever --batches asks for."""
+    proc = cli("calibrate", run_copy, "--widths", "0.6", "--resolutions", "12", "--batches",
+               "50", "--batch-size", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["batches"] == 6
+    assert (run_copy / "grid.json").exists()  # 0.6-12 has no row: the table holds
 
 
 def test_an_export_over_a_file_of_the_run_is_refused(run):

@@ -11,6 +11,7 @@ import pickle
 import struct
 import tarfile
 import urllib.error
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -484,6 +485,123 @@ def test_image_folder_empty_class_or_no_split(tmp_path):
         build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
     with pytest.raises(DataError, match=r"train does not exist"):
         build_datasets(DataConfig(format="image_folder", root=str(tmp_path / "x")), 8)
+
+
+def _png_rgb16(arr: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG of ``uint16 [H, W, 3]`` (Pillow writes none)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    h, w, _ = arr.shape
+    rows = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+_LEVELS = np.arange(0, 256, 17).reshape(2, 8)  # 8-bit grey levels of a 8x2 gradient
+
+
+@pytest.mark.parametrize("mode,fmt,pixels", [
+    ("I;16", "PNG", (_LEVELS * 257).astype(np.uint16)),
+    ("I;16B", "TIFF", (_LEVELS * 257).astype(">u2")),
+    ("I", "TIFF", (_LEVELS * 257).astype(np.int32)),  # 16-bit content in 32 bits
+    ("I", "TIFF", (_LEVELS * 4112).astype(np.int32)),  # beyond 16 bits: scaled by the maximum
+    ("F", "TIFF", (_LEVELS / 255).astype(np.float32)),  # 0..1
+])
+def test_16_bit_and_float_grey_images_are_scaled_to_8_bits(tmp_path, mode, fmt, pixels):
+    from PIL import Image
+
+    from mutualnet.data.folder import load_image
+
+    path = tmp_path / f"gradient.{fmt.lower()}"
+    Image.frombytes(mode, pixels.shape[::-1], pixels.tobytes()).save(path, fmt)
+    with Image.open(path) as img:
+        assert img.mode == mode
+    loaded = load_image(path)
+    assert loaded.mode == "RGB"
+    assert np.array_equal(np.asarray(loaded), np.repeat(_LEVELS[..., None], 3, -1))
+
+
+def test_16_bit_rgb_png_keeps_its_colours(tmp_path):
+    from mutualnet.data.folder import load_image
+
+    levels = np.stack([_LEVELS, 255 - _LEVELS, np.full_like(_LEVELS, 100)], -1)
+    (tmp_path / "rgb16.png").write_bytes(_png_rgb16((levels * 257).astype(np.uint16)))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "rgb16.png")), levels)
+
+
+def test_exif_orientation_turns_a_phone_photo_upright(tmp_path):
+    from PIL import Image
+
+    from mutualnet.data.folder import load_image
+
+    pixels = np.zeros((8, 16, 3), dtype=np.uint8)
+    pixels[:, :8] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    upright = load_image(tmp_path / "phone.jpg")
+    assert upright.size == (8, 16)
+    grey = np.asarray(upright).astype(float)
+    assert grey[:8].mean() > 200 and grey[8:].mean() < 50  # the left half is now on top
+
+
+def test_skip_bad_files_skips_a_jpeg_cut_half_way(tmp_path):
+    from PIL import Image
+
+    root = make_image_folder(tmp_path)
+    cut = root / "train" / "cat" / "cut.jpg"
+    write_png(cut, size=(64, 64), fmt="JPEG")
+    data = cut.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    with Image.open(cut) as img:
+        img.verify()  # the damage is beyond what the file's structure shows
+    train, _, info = build_datasets(DataConfig(format="image_folder", root=str(root),
+                                               skip_bad_files=True), 8)
+    assert train.skipped == [str(cut)] and len(train) == 4
+    assert "1 unreadable files skipped" in info.source
+    train, _, _ = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    index = next(i for i, (p, _) in enumerate(train.samples) if p == str(cut))
+    with pytest.raises(DataError, match=rf"cannot read image {cut} \(.*truncated.*skip_bad_files"):
+        train[index]
+
+
+def test_image_folder_val_may_have_no_images_of_a_class(tmp_path):
+    root = make_image_folder(tmp_path, classes=("cat", "dog", "zz"))
+    for f in (root / "val" / "zz").iterdir():
+        f.unlink()
+    train, val, info = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    assert info.class_names == ["cat", "dog", "zz"] and len(train) == 6
+    assert len(val) == 4 and sorted(set(val.targets)) == [0, 1]
+    (root / "val" / "zz").rmdir()
+    with pytest.raises(DataError, match=r"val must hold the same class folders as train: it "
+                                        r"lacks zz; add .*empty"):
+        build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+
+
+def test_image_folder_empty_train_class_says_to_remove_it_from_every_split(tmp_path):
+    root = make_image_folder(tmp_path)
+    (root / "train" / "zz").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*train/zz holds no images; add some, "
+                                        r"or remove the class from every split"):
+        build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+
+
+def test_class_names_in_messages_show_unicode_as_is_on_one_line(tmp_path):
+    root = make_image_folder(tmp_path, classes=("ñandú", "猫_cat"))
+    (root / "val" / "猫_cat").rename(root / "val" / "new\nline")
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    message = str(err.value)
+    assert "lacks 猫_cat" in message and "extra new\\nline" in message
+    assert "\n" not in message
+    info = DataInfo(2, 3, ["ñandú", "猫_cat"], source="here")
+    with pytest.raises(DataError) as err:
+        info.check_classes({"class_names": ["ñandú", "tab\there"]})
+    message = str(err.value)
+    assert "the classes ñandú, 猫_cat but the run was trained on ñandú, tab\\there" in message
+    assert "\n" not in message and "\t" not in message
 
 
 # ---------------------------------------------------------------------------------------------

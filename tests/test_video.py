@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -156,16 +158,20 @@ def test_multi_clip_predictions_average_the_softmax_per_video():
     torch.testing.assert_close(out.softmax(-1), logits.softmax(-1).view(2, 2, 2).mean(1))
 
 
-def _write_test_video(path: Path, frames: int, size: tuple[int, int], codec: str) -> None:
-    """A video whose frame t is uniformly grey level 12 * t, written by PyAV directly."""
+def _write_test_video(path: Path, frames: int, size: tuple[int, int], codec: str,
+                      seed: int | None = None) -> None:
+    """A video whose frame t is uniformly grey level 12 * t (with ``seed``: random noise),
+    written by PyAV directly."""
     import av
 
+    rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=10)
         stream.height, stream.width = size
         stream.pix_fmt = "yuv420p"
         for t in range(frames):
-            frame = np.full((*size, 3), 12 * t, dtype=np.uint8)
+            frame = (np.full((*size, 3), 12 * t, dtype=np.uint8) if seed is None
+                     else rng.integers(0, 256, (*size, 3), dtype=np.uint8))
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -220,6 +226,156 @@ def test_unreadable_videos_are_skipped_when_asked(tmp_path):
     data = VideoFolderDataset(tmp_path, ClipSampler(2), transform, False)
     with pytest.raises(DataError, match="cannot read video .*bad.mp4.*skip_bad_files"):
         [data[i] for i in range(len(data))]
+
+
+def _damage_middle_packet(path: Path) -> None:
+    """Overwrite the start of the middle packet (in MP4, the length of its first NAL unit): the
+    file opens and its first frames decode, the decoder refuses the rest."""
+    import av
+
+    with av.open(str(path)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    middle = starts[len(starts) // 2]
+    data[middle:middle + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+def test_a_video_damaged_half_way_is_replaced_by_the_next_when_asked(tmp_path, caplog):
+    """The check up front decodes only the first frame (decoding a whole large set would take
+    hours); damage further in is found when the video is read, and the next video is read in
+    its place, the same one every time."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for name in ("a/damaged.mp4", "b/good.mp4"):
+        _write_test_video(tmp_path / name, 12, (16, 16), "libx264", seed=1)
+    _damage_middle_packet(tmp_path / "a" / "damaged.mp4")
+    transform = ClipEvalTransform(16, [0.0] * 3, [1.0] * 3)
+    data = VideoFolderDataset(tmp_path, ClipSampler(12), transform, False, skip_bad_files=True)
+    assert len(data) == 2 and data.skipped == []
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        first, again, good = data[0], data[0], data[1]
+    assert first[1] == good[1] == 1 and torch.equal(first[0], good[0])
+    assert torch.equal(again[0], good[0])
+    warnings = [r.getMessage() for r in caplog.records if "takes its place" in r.getMessage()]
+    assert len(warnings) == 1 and "damaged.mp4" in warnings[0]
+    data = VideoFolderDataset(tmp_path, ClipSampler(12), transform, False)
+    with pytest.raises(DataError, match=r"cannot read video .*damaged.mp4 .*avcodec_send_packet"
+                                        r".*skip_bad_files"):
+        [data[i] for i in range(len(data))]
+
+
+def _load_every_frame(path: Path, choose) -> list[torch.Tensor]:
+    """The reference reader: decode and keep every frame, then take the clips."""
+    import av
+
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(container.streams.video[0]))
+    return [torch.from_numpy(np.stack([decoded[i].to_ndarray(format="rgb24") for i in ix]))
+            .permute(0, 3, 1, 2) for ix in choose(len(decoded))]
+
+
+class _Counted:
+    """A PyAV container or frame that counts the frames decoded and converted through it."""
+
+    def __init__(self, inner, counts: dict):
+        self.inner, self.counts = inner, counts
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self.inner.decode(*args, **kwargs):
+            self.counts["decoded"] += 1
+            yield _Counted(frame, self.counts)
+
+    def to_ndarray(self, *args, **kwargs):
+        self.counts["converted"] += 1
+        return self.inner.to_ndarray(*args, **kwargs)
+
+
+@pytest.mark.parametrize("ext,counted", [(".mp4", True), (".mkv", False)])
+def test_clips_equal_decoding_every_frame_but_only_needed_frames_are_kept(tmp_path,
+                                                                          monkeypatch, ext,
+                                                                          counted):
+    import av
+
+    from mutualnet.data.video import load_video
+
+    path = tmp_path / f"v{ext}"
+    _write_test_video(path, 40, (24, 32), "libx264", seed=0)
+    with av.open(str(path)) as container:
+        assert (container.streams.video[0].frames == 40) == counted  # a count in the header
+    for choose in (partial(ClipSampler(4, 2, eval_clips=3).indices, train=False),
+                   partial(ClipSampler(4, 3).indices, train=True)):
+        torch.manual_seed(0)
+        want = _load_every_frame(path, choose)
+        torch.manual_seed(0)
+        got = load_video(path, choose)
+        assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))
+    counts = {"decoded": 0, "converted": 0}
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _Counted(real_open(*a, **k), counts))
+    clip, = load_video(path, lambda n: ClipSampler(4, 2).indices(n, False))  # frames 16..22
+    assert clip.shape == (4, 3, 24, 32) and counts["converted"] == 4
+    assert counts["decoded"] == (23 if counted else 40 + 23)  # stops after the last one needed
+
+
+class _Overstated:
+    """A PyAV container whose video stream states ``frames`` frames, more than it holds."""
+
+    def __init__(self, inner, frames: int):
+        self.inner = inner
+        self.streams = SimpleNamespace(video=[SimpleNamespace(frames=frames)])
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+    def decode(self, _stream):
+        return self.inner.decode(self.inner.streams.video[0])
+
+
+def test_a_frame_count_stated_too_high_is_corrected_by_counting(tmp_path, monkeypatch):
+    import av
+
+    from mutualnet.data.video import load_video
+
+    path = tmp_path / "v.mp4"
+    _write_test_video(path, 40, (24, 32), "libx264", seed=0)
+    choose = ClipSampler(4, 2, eval_clips=3).indices
+    want = _load_every_frame(path, lambda n: choose(n, False))
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _Overstated(real_open(*a, **k), 100))
+    got = load_video(path, lambda n: choose(n, False))
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and len(got) == 3
+
+def test_an_empty_val_class_folder_is_a_class_without_val_videos(tmp_path):
+    for split in ("train", "val"):
+        for cls in ("a", "zz"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            if split == "train" or cls == "a":
+                _write_test_video(tmp_path / split / cls / "v.mp4", 4, (16, 16), "libx264")
+    (tmp_path / "val" / "zz" / "notes.txt").write_text("not a video")
+    cfg = load_config(None, ["data.format=video_folder", f"data.root={tmp_path}",
+                             "space.frames=[2]"]).data
+    train_set, val_set, info = build_datasets(cfg, 16, frames=2)
+    assert info.class_names == ["a", "zz"] and len(train_set) == 2
+    assert len(val_set) == 1 and val_set.targets == [0]
+    (tmp_path / "train" / "zz" / "v.mp4").unlink()
+    with pytest.raises(DataError, match=r"class folder .*train/zz holds no videos .*; add some, "
+                                        r"or remove the class from every split"):
+        build_datasets(cfg, 16, frames=2)
 
 
 def test_a_corrupt_video_ends_training_with_one_line(tmp_path):

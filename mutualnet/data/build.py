@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from .base import TensorImageDataset
 from .cifar import load_cifar
-from .folder import ImageFolderDataset
+from .folder import ImageFolderDataset, _listed
 from . import idx as _idx
 from .idx import FASHION_MNIST_CLASSES, IDX_FILES, find_idx_files, load_idx_split
 from .synthetic import SYNTHETIC_CHANNELS, SYNTHETIC_CLASSES, make_synthetic
@@ -72,12 +72,6 @@ def _named(names: list) -> bool:
     """Whether a class list names its classes (not just numbers them 0, 1, ...)."""
     return (bool(names) and all(isinstance(n, str) for n in names)
             and names != [str(i) for i in range(len(names))])
-
-
-def _listed(names: list[str], most: int = 8) -> str:
-    """Class names for a message: all of them, or the first ``most`` and a count."""
-    shown = ", ".join(ascii(n)[1:-1] for n in names[:most])
-    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
 
 
 def _stats(cfg: DataConfig, channels: int) -> tuple[list[float], list[float]]:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -25,27 +26,60 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_image(path: str | os.PathLike) -> Any:
-    """Decode ``path`` with Pillow as an RGB image; a :class:`DataError` naming it otherwise."""
+def _to_8_bits(img: Any) -> Any:
+    """A 16-bit or float grey image as mode ``L`` scaled from its range (``convert`` would clip
+    it to white); other modes as they are."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
     from PIL import Image
 
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    top = float(values.max()) if values.size else 0.0
+    if img.mode == "F" and top <= 1:
+        full = 1.0  # the usual range of float images
+    elif img.mode.startswith("I;16") or top <= 65535:
+        full = 65535.0  # 16-bit content, also when stored in 32 bits
+    else:
+        full = top
+    return Image.fromarray(np.rint(np.clip(values * (255 / full), 0, 255)).astype(np.uint8))
+
+
+def _decode(path: str | os.PathLike) -> Any:
+    """``path`` fully decoded as an 8-bit RGB image, upright (its EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_8_bits(img).convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Any:
+    """Decode ``path`` with Pillow as an RGB image; a :class:`DataError` naming it otherwise."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return _decode(path)
     except Exception as exc:  # Pillow raises many types for damaged files
         raise DataError(f"cannot read image {path} ({_reason(exc)}); {_FIX}") from None
 
 
 def check_image(path: str) -> str | None:
-    """Cheap check (open + verify, no full decode): None when fine, else the reason."""
-    from PIL import Image
-
+    """Decode ``path`` as :func:`load_image` does (damage past the header shows only there):
+    None when fine, else the reason."""
     try:
-        with Image.open(path) as img:
-            img.verify()
+        _decode(path)
     except Exception as exc:
         return _reason(exc)
     return None
+
+
+def _shown(name: str) -> str:
+    """A name for a one-line message: printable characters as they are, others escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """Names for a message: all of them, or the first ``most`` and a count."""
+    text = ", ".join(_shown(n) for n in names[:most])
+    return text if len(names) <= most else f"{text}, ... ({len(names)} in all)"
 
 
 def _visible(name: str) -> bool:
@@ -78,28 +112,35 @@ def folder_samples(
     skip_bad_files: bool, extensions: tuple[str, ...] | None = None,
 ) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """The (path, label) samples of a split folder with one sub-folder per class, the class
-    names (``classes``: the train split's, which this split must match) and the files skipped
-    as unreadable (``check`` gives the reason, with ``skip_bad_files``). ``kind`` names the
-    files in messages; ``extensions`` keeps only files with those endings."""
+    names (``classes``: the train split's, which this split must match; its class folders may
+    then be empty) and the files skipped as unreadable (``check`` gives the reason, with
+    ``skip_bad_files``). ``kind`` names the files in messages; ``extensions`` keeps only files
+    with those endings."""
     found = list_classes(root, kind=kind)
+    matched = classes is not None
     if classes is None:
         classes = found
     elif found != list(classes):
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
-        parts = ([f"lacks {', '.join(missing[:5])}"] if missing else []) + \
-                ([f"has extra {', '.join(extra[:5])}"] if extra else [])
+        parts = ([f"lacks {_listed(missing, 5)}"] if missing else []) + \
+                ([f"has extra {_listed(extra, 5)}"] if extra else [])
+        fixes = (["add the missing folders (empty ones are fine)"] if missing else []) + \
+                (["remove or rename the extra ones"] if extra else [])
         raise DataError(f"{root} must hold the same class folders as train: it "
-                        f"{' and '.join(parts)}")
+                        f"{' and '.join(parts)}; {' and '.join(fixes)}")
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         files = _list_files(root / name)
         if extensions is not None:
             files = [f for f in files if f.lower().endswith(extensions)]
-        if not files:
+        if not files and not matched:
             which = f" ({', '.join(extensions)})" if extensions else ""
-            raise DataError(f"class folder {root / name} holds no {kind}{which}; add some "
-                            f"or remove the folder")
+            raise DataError(f"class folder {root / name} holds no {kind}{which}; add some, "
+                            f"or remove the class from every split")
+        if not files:
+            log.info("%s holds no %s: this split has none of class %s", root / name, kind,
+                     _shown(name))
         samples.extend((f, label) for f in files)
     skipped: list[str] = []
     if skip_bad_files:
@@ -121,10 +162,11 @@ def folder_samples(
 class ImageFolderDataset(Dataset):
     """The images of one split (``split_dir/<class>/...``), decoded with Pillow on access.
 
-    ``classes`` fixes the label order (default: the sorted sub-folder names). Every visible file
-    counts as an image; with ``skip_bad_files`` each is checked cheaply here and the unreadable
-    ones are dropped (listed in ``.skipped``, with a warning), otherwise an unreadable file raises
-    :class:`DataError` when its item is loaded.
+    ``classes`` fixes the label order (default: the sorted sub-folder names); given, a class
+    folder may be empty (this split has no images of it). Every visible file counts as an image;
+    with ``skip_bad_files`` each is decoded once here and the unreadable ones are dropped (listed
+    in ``.skipped``, with a warning), otherwise an unreadable file raises :class:`DataError` when
+    its item is loaded.
     """
 
     def __init__(self, split_dir: str | os.PathLike, transform: Callable[[Any], torch.Tensor], *,

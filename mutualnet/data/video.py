@@ -157,34 +157,76 @@ class MotionDataset(Dataset):
                 f"{self.sampler}, transform={self.transform!r})")
 
 
+def _decode(container, wanted: set[int], last: int | None = None,
+            ) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the first video stream of ``container`` up to frame ``last`` (to its end when
+    None), keeping the ``wanted`` frames as uint8 RGB ``[H, W, 3]`` arrays; also the number of
+    frames decoded."""
+    arrays: dict[int, np.ndarray] = {}
+    count = 0
+    for index, frame in enumerate(container.decode(container.streams.video[0])):
+        count = index + 1
+        if index in wanted:
+            arrays[index] = frame.to_ndarray(format="rgb24")
+        if index == last:
+            break
+    return arrays, count
+
+
+def _wanted(clips: list[list[int]]) -> set[int]:
+    return {i for clip in clips for i in clip}
+
+
+def _read_clips(path: str | os.PathLike, choose: Callable[[int], list[list[int]]],
+                ) -> tuple[list[list[int]], dict[int, np.ndarray]]:
+    """The clips' frame indices and their frames, decoding no further than the last one needed.
+    Without a frame count in the container (or with one that is too high), a first pass
+    counts the frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DataError(f"{path} holds no video stream; {_FIX}")
+        stated = container.streams.video[0].frames
+        if stated > 0:
+            clips = choose(stated)
+            wanted = _wanted(clips)
+            arrays, count = _decode(container, wanted, max(wanted))
+            if len(arrays) == len(wanted):
+                return clips, arrays
+        else:
+            _, count = _decode(container, set())
+    if not count:
+        raise DataError(f"video {path} holds no frames; {_FIX}")
+    clips = choose(count)
+    wanted = _wanted(clips)
+    with av.open(str(path)) as container:
+        arrays, _ = _decode(container, wanted, max(wanted))
+    return clips, arrays
+
+
 def load_video(path: str | os.PathLike,
                choose: Callable[[int], list[list[int]]]) -> list[torch.Tensor]:
     """Decode ``path`` with PyAV; ``choose(num_frames)`` gives the frame indices of each clip.
 
-    Returns one uint8 RGB ``[T, 3, H, W]`` tensor per clip. An unreadable file is a
+    Returns one uint8 RGB ``[T, 3, H, W]`` tensor per clip; only the frames of the clips are
+    kept, so memory does not grow with the video's length. An unreadable file is a
     :class:`DataError` naming it.
     """
-    import av
-
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path} holds no video stream; {_FIX}")
-            decoded = list(container.decode(container.streams.video[0]))
+        clips, arrays = _read_clips(path, choose)
     except DataError:
         raise
     except Exception as exc:  # PyAV raises many types for damaged files
         raise DataError(f"cannot read video {path} ({_reason(exc)}); {_FIX}") from None
-    if not decoded:
-        raise DataError(f"video {path} holds no frames; {_FIX}")
-    clips = choose(len(decoded))
-    arrays = {i: decoded[i].to_ndarray(format="rgb24") for i in {i for c in clips for i in c}}
     return [torch.from_numpy(np.stack([arrays[i] for i in ix])).permute(0, 3, 1, 2)
             for ix in clips]
 
 
 def check_video(path: str) -> str | None:
-    """Cheap check (open and decode the first frame): None when fine, else the reason."""
+    """Cheap check (open and decode the first frame): None when fine, else the reason. Damage
+    further into a file shows only when it is read (decoding every video of a large set up
+    front would take hours); :class:`VideoFolderDataset` then reads the next video instead."""
     import av
 
     try:
@@ -203,7 +245,10 @@ class VideoFolderDataset(Dataset):
     """The videos of one split (``split_dir/<class>/...``), decoded on access.
 
     Files with the extensions in :data:`VIDEO_EXTENSIONS` count as videos; ``classes`` and
-    ``skip_bad_files`` work as for :class:`~mutualnet.data.folder.ImageFolderDataset`.
+    ``skip_bad_files`` work as for :class:`~mutualnet.data.folder.ImageFolderDataset`, except
+    that the check up front decodes only a video's first frame: with ``skip_bad_files`` a
+    video found damaged further in when it is read is replaced by the next readable one (with
+    a warning), the same one every time.
     """
 
     def __init__(self, split_dir: str | os.PathLike, sampler: ClipSampler,
@@ -215,14 +260,28 @@ class VideoFolderDataset(Dataset):
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.sampler, self.transform, self.train = sampler, transform, train
+        self.skip_bad_files = skip_bad_files
+        self._replaced: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        clips = load_video(path, lambda n: self.sampler.indices(n, self.train))
-        return _stack([self.transform(c) for c in clips]), label
+        for step in range(len(self.samples) if self.skip_bad_files else 1):
+            path, label = self.samples[(index + step) % len(self.samples)]
+            try:
+                clips = load_video(path, lambda n: self.sampler.indices(n, self.train))
+            except DataError as exc:
+                if not self.skip_bad_files:
+                    raise
+                if path not in self._replaced:
+                    self._replaced.add(path)
+                    log.warning("%s: the next video takes its place (data.skip_bad_files)",
+                                str(exc).removesuffix(f"; {_FIX}"))
+                continue
+            return _stack([self.transform(c) for c in clips]), label
+        raise DataError(f"{self.root} holds no readable videos; add some or point --data "
+                        f"elsewhere")
 
     def __repr__(self) -> str:
         return (f"VideoFolderDataset({self.root}: {len(self.samples)} videos, "

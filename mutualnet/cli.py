@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -380,11 +381,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(command)
 
 
+def _allocation(exc: BaseException) -> str | None:
+    """What a failed allocation asked for ("memory" when unknown), or None when ``exc`` is not
+    one (torch raises RuntimeError, or its OutOfMemoryError subclass on GPUs)."""
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or "can't allocate memory" in text
+            or "out of memory" in text.lower()):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text) or re.search(
+        r"allocate (\d+(?:\.\d+)? [KMGT]iB)", text)
+    if asked is None:
+        return "memory"
+    size = asked.group(1)
+    return f"{int(size) / 2 ** 30:.1f} GiB" if size.isdigit() else size
+
+
 def guarded(command: Callable[[], int | None]) -> int:
     """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
-    stderr and exit code 2, an interrupted training run 128 + its signal, Ctrl-C 130."""
+    stderr and exit code 2, as is running out of memory (a batch or resolution too large for
+    the machine); an interrupted training run 128 + its signal, Ctrl-C 130."""
     try:
         return command() or 0
+    except (MemoryError, RuntimeError) as exc:
+        wanted = _allocation(exc)
+        if wanted is None:
+            raise
+        print(f"error: out of memory: {sys.argv[1] if len(sys.argv) > 1 else 'mutualnet'} "
+              f"could not allocate {wanted}; lower the batch size or the resolution",
+              file=sys.stderr)
+        return 2
     except MutualNetError as exc:
         signum = getattr(exc, "signum", None)
         if signum is not None:  # an interrupted training run: saved, not a mistake

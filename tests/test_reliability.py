@@ -494,6 +494,27 @@ def test_calibration_reports_the_batches_it_had(run_copy):
     assert (run_copy / "grid.json").exists()  # 0.6-12 has no row: the table holds
 
 
+def test_the_log_holds_each_step_once_after_a_crash_and_a_resume(run_copy, recipe, tmp_path):
+    """Lines written after the checkpoint a run resumes from (the steps it will train again)
+    and a line torn by a crash are dropped; a new training in a folder of a failed attempt
+    starts a new log."""
+    with open(run_copy / "log.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": 3, "loss_full": 99.0}) + "\n")
+        f.write('{"kind": "tra')
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+               "--max-steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_lines = [r for r in read_log(run_copy) if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == [2, 3]
+    assert train_lines[-1]["loss_full"] != 99.0
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "log.jsonl").write_text(json.dumps({"kind": "train", "step": 1}) + "\n")
+    proc = cli("train", recipe, "--out", failed, "--max-steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["kind"] for r in read_log(failed)] == ["train", "done"]
+
+
 def test_an_export_over_a_file_of_the_run_is_refused(run):
     for name in ("model.safetensors", "checkpoint.pt", "grid.json"):
         fails_without_damage(run, "export", run, "--width", "0.5", "--resolution", "12",

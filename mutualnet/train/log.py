@@ -13,10 +13,20 @@ LOG = "log.jsonl"
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    """Appends records to the run's log. Opening it keeps only the records of steps up to
+    ``keep_until`` (the step training starts from): the steps a resumed run trains again,
+    a failed earlier attempt's, and a line torn by a crash are dropped."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, keep_until: int = 0) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / LOG
         self._tb = None
+        if enabled and self.path.exists():
+            from .checkpoint import atomic_write_bytes
+
+            kept = [r for r in read_log(run_dir)
+                    if isinstance(r.get("step"), int) and r["step"] <= keep_until]
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -43,7 +53,16 @@ class RunLog:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of the run's log (a line torn by a crash left out)."""
     path = Path(run_dir) / LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -302,7 +302,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                 broadcast_buffers=False,
             )
 
-        run_log = RunLog(run_dir, enabled=dist.is_main)
+        run_log = RunLog(run_dir, enabled=dist.is_main, keep_until=step)
         meta = run_metadata(cfg, info, space)
 
         def checkpoint() -> None:

@@ -158,6 +158,9 @@ class RunConfig:
                               f"got {self.data.format!r}")
         self._check_task()
         self._check_video()
+        if self.data.skip_bad_files and self.data.format not in ("image_folder", "video_folder"):
+            raise ConfigError(f"data.skip_bad_files applies to image_folder and video_folder "
+                              f"data, not {self.data.format}; remove it")
         if self.data.augment not in ("shift", "resized_crop", "none"):
             raise ConfigError("data.augment must be shift, resized_crop or none, "
                               f"got {self.data.augment!r}")
@@ -378,6 +381,30 @@ def _yaml_problem(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _strict_yaml(text: str) -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (where YAML would quietly
+    keep the last)."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in this section",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=Strict)  # noqa: S506 (a SafeLoader)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
     import yaml
@@ -396,7 +423,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"cannot read config file {path} ({reason}); give a readable "
                               f"YAML recipe") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = _strict_yaml(text) or {}
         except (yaml.YAMLError, RecursionError) as exc:
             raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(exc)}); "
                               f"fix the recipe") from None

@@ -299,6 +299,8 @@ def test_a_bad_option_is_one_line(tmp_path, recipe, args, needle):
     ("space:\n  width_range: 0.5\n", "space.width_range must be a list, got 0.5"),
     ("optim:\n  lr: [0.1\n", "is not valid YAML (line"),
     ("- just\n- a list\n", "must hold a mapping of sections"),
+    ("optim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.5\n",
+     "(line 4, column 3: key 'lr' appears twice in this section)"),
 ])
 def test_a_recipe_with_a_typo_is_one_line(tmp_path, text, needle):
     path = tmp_path / "recipe.yaml"
@@ -320,6 +322,7 @@ def test_a_recipe_with_a_typo_is_one_line(tmp_path, text, needle):
     ("data.shift=-2", "data.shift must be 0 or more"),
     ("data.crop_scale=[0.5, 0.1]", "data.crop_scale must satisfy 0 < lo <= hi"),
     ("data.eval_crop_ratio=1.5", "data.eval_crop_ratio must be in (0, 1]"),
+    ("data.skip_bad_files=true", "data.skip_bad_files applies to image_folder and video_folder"),
 ])
 def test_values_that_would_fail_deep_inside_training_are_refused_up_front(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import MutualNetError
+from .errors import ConfigError, MutualNetError
 
 log = logging.getLogger("mutualnet")
 
@@ -82,6 +82,9 @@ def _cmd_macs(args: argparse.Namespace) -> int:
     from .macs import count_macs
     from .models import create_model
 
+    for flag, values in (("--widths", args.widths), ("--frames", args.frames or [1])):
+        if min(values) <= 0:
+            raise ConfigError(f"{flag} must be positive, got {min(values):g}")
     with torch.device("meta"):  # shapes only: counting a large 3D network costs no compute
         model = create_model(
             args.model, num_classes=args.num_classes, in_chans=args.in_chans,

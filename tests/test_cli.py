@@ -35,3 +35,10 @@ def test_bad_option_is_one_line_and_exit_code_2():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_macs_names_the_flag_of_a_value_that_cannot_be(capsys):
+    for args, needle in ((["x3d_xs", "--frames", "0"], "--frames must be positive, got 0"),
+                         (["resnet18", "--widths", "0,1"], "--widths must be positive, got 0")):
+        assert main(["macs", *args]) == 2
+        assert needle in capsys.readouterr().err

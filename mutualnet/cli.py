@@ -409,9 +409,8 @@ def guarded(command: Callable[[], int | None]) -> int:
         wanted = _allocation(exc)
         if wanted is None:
             raise
-        print(f"error: out of memory: {sys.argv[1] if len(sys.argv) > 1 else 'mutualnet'} "
-              f"could not allocate {wanted}; lower the batch size or the resolution",
-              file=sys.stderr)
+        print(f"error: out of memory: could not allocate {wanted}; lower the batch size or the "
+              f"resolution", file=sys.stderr)
         return 2
     except MutualNetError as exc:
         signum = getattr(exc, "signum", None)

@@ -359,7 +359,7 @@ def test_an_empty_recipe_section_means_the_defaults(tmp_path):
     (["evaluate", "{run}", "--widths", "1", "--batch-size", "-5"], "--batch-size"),
     (["evaluate", "{run}", "--widths", ","], "expected comma-separated numbers"),
     (["evaluate", "{run}", "--widths", "0.5", "--resolutions", "100000"],
-     "out of memory: evaluate could not allocate"),
+     "out of memory: could not allocate 298.0 GiB"),
 ], ids=command_id)
 def test_out_of_range_requests_are_one_line_and_change_nothing(tmp_path, run, args, needle):
     more_classes, truncated = tmp_path / "more-classes", tmp_path / "truncated"

@@ -207,9 +207,8 @@ def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu
         if same is None:
             kept.append(row)
             continue
-        for name, value in row.items():
-            if name.startswith("latency_ms") and "latency_ms" not in same:
-                same[name] = value
+        if "latency_ms" not in same:  # every latency column of the earlier row
+            same.update((k, v) for k, v in row.items() if k.startswith("latency_ms"))
     merged = sorted(kept + list(new.values()), key=_configuration)
     write_results(run_dir, merged, device)
     return merged

@@ -379,3 +379,14 @@ def test_evaluating_configurations_side_by_side_gives_the_same_rows(run_dir):
         assert a.keys() == b.keys() and (a["width"], a["resolution"]) == (b["width"],
                                                                           b["resolution"])
         assert a["top1"] == pytest.approx(b["top1"], abs=0.5) and 0 < a["top1"] <= 100
+
+
+def test_a_row_measured_again_without_latency_keeps_every_latency_column(tmp_path):
+    from mutualnet.select import read_grid, update_results
+
+    old = {"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.0, "latency_ms": 0.5,
+           "latency_ms_b32": 3.0}
+    update_results(tmp_path, [old])
+    update_results(tmp_path, [{"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.5}])
+    [row] = read_grid(tmp_path)
+    assert row["top1"] == 90.5 and row["latency_ms"] == 0.5 and row["latency_ms_b32"] == 3.0

@@ -450,12 +450,30 @@ def test_image_folder_shift_and_none_augment(tmp_path, augment):
 
 def test_image_folder_bad_file_raises_naming_it(tmp_path):
     root = make_image_folder(tmp_path)
-    bad = root / "train" / "dog" / "notes.txt"
+    bad = root / "train" / "dog" / "notes.jpg"
     bad.write_text("not an image")
     train, _, _ = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
     index = next(i for i, (p, _) in enumerate(train.samples) if p == str(bad))
     with pytest.raises(DataError, match=rf"cannot read image {bad}.*skip_bad_files"):
         train[index]
+
+
+def test_image_folder_ignores_files_that_are_not_images_by_name(tmp_path, caplog):
+    root = make_image_folder(tmp_path)
+    stray = [root / "train" / "dog" / "README.txt", root / "train" / "cat" / "labels.csv",
+             root / "train" / "cat" / "NOTES"]
+    for f in stray:
+        f.write_text("not an image")
+    (root / "train" / "cat" / "UPPER.PNG").write_bytes(
+        (root / "train" / "cat" / "0.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        train, val, _ = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    paths = [p for p, _ in train.samples]
+    assert not set(map(str, stray)) & set(paths)
+    assert str(root / "train" / "cat" / "UPPER.PNG") in paths
+    assert len(train) == 5 and len(val) == 4
+    assert "ignored 3 file(s) in " + str(root / "train") + " that are not images" in caplog.text
+    assert "README.txt" in caplog.text and str(root / "val") not in caplog.text
 
 
 def test_image_folder_skip_bad_files_drops_and_reports(tmp_path, caplog):
@@ -583,8 +601,9 @@ def test_image_folder_val_may_have_no_images_of_a_class(tmp_path):
 def test_image_folder_empty_train_class_says_to_remove_it_from_every_split(tmp_path):
     root = make_image_folder(tmp_path)
     (root / "train" / "zz").mkdir()
-    with pytest.raises(DataError, match=r"class folder .*train/zz holds no images; add some, "
-                                        r"or remove the class from every split"):
+    with pytest.raises(DataError, match=r"class folder .*train/zz holds no images \(\.jpg, "
+                                        r"\.jpeg, \.png and \d+ other endings Pillow reads\); "
+                                        r"add some, or remove the class from every split"):
         build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
 
 

@@ -253,7 +253,7 @@ def test_a_damaged_dataset_is_one_line(tmp_path, recipe, kind):
 
 def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
     root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=4)
-    bad = [root / "train" / "a" / "notes.txt", root / "train" / "b" / "cut.png",
+    bad = [root / "train" / "a" / "notes.jpg", root / "train" / "b" / "cut.png",
            root / "val" / "c" / "gone.jpg"]
     bad[0].write_text("not an image")
     write_png(bad[1])

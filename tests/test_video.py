@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -178,7 +179,7 @@ def _write_test_video(path: Path, frames: int, size: tuple[int, int], codec: str
             container.mux(packet)
 
 
-def test_video_folder_reads_files_it_never_wrote(tmp_path):
+def test_video_folder_reads_files_it_never_wrote(tmp_path, caplog):
     """Files made by PyAV in other containers and codecs, non-square: the reader samples the
     right frames, crops and stacks K evaluation clips."""
     for split in ("train", "val"):
@@ -190,8 +191,11 @@ def test_video_folder_reads_files_it_never_wrote(tmp_path):
                              "data.frame_stride=2", "data.eval_clips=2", "data.mean=[0, 0, 0]",
                              "data.std=[1, 1, 1]", "data.eval_crop_ratio=1.0",
                              "data.augment=resized_crop", "space.frames=[4]"]).data
-    train_set, val_set, info = build_datasets(cfg, 32, frames=4)
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        train_set, val_set, info = build_datasets(cfg, 32, frames=4)
     assert info.class_names == ["a", "b"] and info.in_chans == 3 and len(train_set) == 2
+    assert "ignored 1 file(s) in " + str(tmp_path / "train") in caplog.text
+    assert "not videos by their names (.mp4, .avi, .webm, .mkv): a/notes.txt" in caplog.text
     clip, label = train_set[0]
     assert clip.shape == (3, 4, 32, 32) and label == 0
     clips, label = val_set[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -82,6 +83,16 @@ def _listed(names: list[str], most: int = 8) -> str:
     return text if len(names) <= most else f"{text}, ... ({len(names)} in all)"
 
 
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """The file name endings (lower case) of the formats Pillow can read."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
+                        if fmt in Image.OPEN))
+
+
 def _visible(name: str) -> bool:
     return not name.startswith(".")
 
@@ -109,13 +120,13 @@ def _list_files(class_dir: Path) -> list[str]:
 
 def folder_samples(
     root: Path, classes: list[str] | None, kind: str, check: Callable[[str], str | None],
-    skip_bad_files: bool, extensions: tuple[str, ...] | None = None,
+    skip_bad_files: bool, extensions: tuple[str, ...],
 ) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """The (path, label) samples of a split folder with one sub-folder per class, the class
     names (``classes``: the train split's, which this split must match; its class folders may
     then be empty) and the files skipped as unreadable (``check`` gives the reason, with
-    ``skip_bad_files``). ``kind`` names the files in messages; ``extensions`` keeps only files
-    with those endings."""
+    ``skip_bad_files``). ``kind`` names the files in messages; only files whose names end in
+    one of ``extensions`` (any case) count, the others are ignored with a warning."""
     found = list_classes(root, kind=kind)
     matched = classes is not None
     if classes is None:
@@ -130,18 +141,25 @@ def folder_samples(
         raise DataError(f"{root} must hold the same class folders as train: it "
                         f"{' and '.join(parts)}; {' and '.join(fixes)}")
     samples: list[tuple[str, int]] = []
+    ignored: list[str] = []
+    usual = [e for e in (".jpg", ".jpeg", ".png") if e in extensions]
+    endings = ", ".join(extensions) if len(extensions) <= 8 else \
+        f"{', '.join(usual)} and {len(extensions) - len(usual)} other endings Pillow reads"
     for label, name in enumerate(classes):
-        files = _list_files(root / name)
-        if extensions is not None:
-            files = [f for f in files if f.lower().endswith(extensions)]
+        files = []
+        for f in _list_files(root / name):
+            (files if f.lower().endswith(extensions) else ignored).append(f)
         if not files and not matched:
-            which = f" ({', '.join(extensions)})" if extensions else ""
-            raise DataError(f"class folder {root / name} holds no {kind}{which}; add some, "
-                            f"or remove the class from every split")
+            raise DataError(f"class folder {root / name} holds no {kind} ({endings}); add "
+                            f"some, or remove the class from every split")
         if not files:
             log.info("%s holds no %s: this split has none of class %s", root / name, kind,
                      _shown(name))
         samples.extend((f, label) for f in files)
+    if ignored:
+        log.warning("ignored %d file(s) in %s that are not %s by their names (%s): %s",
+                    len(ignored), root, kind, endings,
+                    _listed([os.path.relpath(f, root) for f in ignored], 3))
     skipped: list[str] = []
     if skip_bad_files:
         workers = min(16, 2 * (os.cpu_count() or 1))
@@ -163,8 +181,9 @@ class ImageFolderDataset(Dataset):
     """The images of one split (``split_dir/<class>/...``), decoded with Pillow on access.
 
     ``classes`` fixes the label order (default: the sorted sub-folder names); given, a class
-    folder may be empty (this split has no images of it). Every visible file counts as an image;
-    with ``skip_bad_files`` each is decoded once here and the unreadable ones are dropped (listed
+    folder may be empty (this split has no images of it). Every visible file whose name ends in
+    a format Pillow reads counts as an image (others are ignored, with a warning); with
+    ``skip_bad_files`` each is decoded once here and the unreadable ones are dropped (listed
     in ``.skipped``, with a warning), otherwise an unreadable file raises :class:`DataError` when
     its item is loaded.
     """
@@ -173,7 +192,7 @@ class ImageFolderDataset(Dataset):
                  classes: list[str] | None = None, skip_bad_files: bool = False):
         self.root = Path(split_dir).expanduser()
         self.classes, samples, self.skipped = folder_samples(
-            self.root, classes, "images", check_image, skip_bad_files)
+            self.root, classes, "images", check_image, skip_bad_files, image_extensions())
         self.samples = samples
         self.targets = [label for _, label in samples]
         self.transform = transform

@@ -1,6 +1,7 @@
 """Detection and segmentation: box ops, metrics, dense sub-networks, COCO data, the CLI path."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -313,6 +314,24 @@ def test_bad_annotations_are_one_line_data_errors(coco_root, change, message):
     change(data)
     with pytest.raises(DataError, match=message):
         parse_coco(data, "instances_val.json")
+
+
+def test_boxes_detection_cannot_use_are_named_in_one_warning(coco_root, caplog):
+    """A box of zero size, or wholly outside its image, is no target; the reader says so."""
+    data = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    data["annotations"][1]["bbox"] = [70, 5, 10, 10]  # the images are 64 x 48
+    data["annotations"][3]["bbox"] = [5, 5, 0, 10]
+    data["annotations"][4]["bbox"] = [-20, -20, 10, 10]
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        parse_coco(data, "instances_val.json")
+    assert ("instances_val.json: 3 box(es) of zero size or wholly outside their image are not "
+            "used: annotations[1], annotations[3], annotations[4]") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        parse_coco(data, "instances_val.json", need_masks=True)  # masks, not boxes
+        parse_coco(json.loads((coco_root / "annotations" / "instances_val.json").read_text()),
+                   "instances_val.json")
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize("segmentation, iscrowd, message", [

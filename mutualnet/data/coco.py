@@ -7,7 +7,8 @@ largest resolution: resized so its longer side fits, placed at the top-left, pad
 mean colour (zeros after normalisation). Training flips horizontally with p=0.5 (images,
 boxes and masks together). Annotation mistakes are found when the file is read and reported
 as one-line :class:`DataError` s, naming the annotation (a compressed RLE string that does not
-decode is found when its image is read, naming the image).
+decode is found when its image is read, naming the image). Boxes of zero size or wholly
+outside their image give detection no target; the reader names them in one warning.
 
 Items are ``(image float [3, S, S], target)``: for detection a dict (see
 ``mutualnet.tasks.detection``), for segmentation an int64 mask ``[S, S]`` with 0 background,
@@ -17,6 +18,7 @@ Items are ``(image float [3, S, S], target)``: for detection a dict (see
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = ["CocoIndex", "CocoDataset", "collate_dense", "find_split", "parse_coc
            "read_coco"]
 
 IGNORE = 255
+log = logging.getLogger("mutualnet")
 
 
 @dataclass
@@ -97,6 +100,7 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
     annotations: list[list] = [[] for _ in images]
     ids = ", ".join(str(c) for c, _ in categories[:12]) + (", ..." if len(categories) > 12
                                                            else "")
+    unused: list[str] = []  # boxes that give detection no target
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             raise _fail(source, f"annotations[{i}] is not an object")
@@ -115,17 +119,25 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
         if crowd not in (0, 1) or isinstance(crowd, float):
             raise _fail(source, f"annotations[{i}] has iscrowd {crowd!r}; it must be 0 or 1")
         segmentation = a.get("segmentation")
+        _, _, height, width = images[position[a["image_id"]]]
         if need_masks:
             if not _valid_segmentation(segmentation):
                 raise _fail(source, f"annotations[{i}] has no polygon or RLE segmentation, "
                                     f"which segmentation needs")
-            _, _, height, width = images[position[a["image_id"]]]
             problem = _mask_problem(segmentation, height, width)
             if problem:
                 raise _fail(source, f"annotations[{i}] has {problem}")
+        x, y, w, h = bbox
+        if not need_masks and (w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0
+                               or y + h <= 0):
+            unused.append(f"annotations[{i}]")
         annotations[position[a["image_id"]]].append(
             ([float(v) for v in bbox], cat_index[a["category_id"]], bool(crowd),
              segmentation if need_masks else None))
+    if unused:
+        more = f", ... ({len(unused)} in all)" if len(unused) > 5 else ""
+        log.warning("%s: %d box(es) of zero size or wholly outside their image are not used: "
+                    "%s%s", source, len(unused), ", ".join(unused[:5]), more)
     return CocoIndex(source, categories, images, annotations)
 
 

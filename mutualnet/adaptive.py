@@ -31,7 +31,7 @@ class AdaptiveModel(nn.Module):
         self.active: dict[str, Any] | None = None
         # the inference network of each configuration used so far (extracted, BN folded):
         # switching back is free and a forward pass does no slicing or normalisation
-        self._nets: dict[str, nn.Module] = {}
+        self._nets: dict[Config, nn.Module] = {}
         self.use(Config(run.model.max_width, max(run.config.space.resolutions)))
 
     @classmethod
@@ -46,8 +46,15 @@ class AdaptiveModel(nn.Module):
     def config(self) -> Config:
         return self.model.config
 
-    def use(self, config: Config) -> Config:
-        """Switch to an explicit configuration (its calibrated statistics when it has them)."""
+    def use(self, config: Config | tuple) -> Config:
+        """Switch to an explicit configuration, a :class:`Config` or ``(width, resolution)``
+        (``(width, resolution, frames)`` for clips), with its calibrated statistics when it
+        has them."""
+        if isinstance(config, tuple) and not isinstance(config, Config) and \
+                1 <= len(config) <= 3:
+            config = Config(*config)
+        if not isinstance(config, Config):
+            raise ConfigError(f"use takes a Config or (width, resolution), got {config!r}")
         config = self.run.check_config(config)
         return self.model.set_config(config)
 
@@ -71,8 +78,8 @@ class AdaptiveModel(nn.Module):
         from .evaluate import static_network
 
         config = self.model.config
-        net = self._nets.get(config.key)
+        net = self._nets.get(config)  # by the exact widths: two may share a key
         if net is None:
-            net = self._nets[config.key] = static_network(
+            net = self._nets[config] = static_network(
                 self.model, config, self.run.config.train.channels_last)
         return net(to_config(images.to(self.run.device), config))

@@ -23,7 +23,7 @@ __all__ = ["calibrate"]
 @torch.no_grad()
 def calibrate(
     model: SlimmableModel,
-    batches: Sequence[Tensor],
+    batches: Iterable[Tensor],
     configs: Iterable[Config],
     progress: bool = False,
     channels_last: bool = False,
@@ -45,9 +45,17 @@ def calibrate(
     :func:`~mutualnet.evaluate.static_network` would build) and kept there under its key.
     """
     configs = list(configs)
+    named: dict[str, Config] = {}
     for config in configs:
         if config.resolution is None:
             raise ConfigError("calibration needs configurations with a resolution")
+        with model.using(config):  # a width, resolution or frame count the model cannot take
+            pass
+        other = named.setdefault(config.key, config)
+        if other != config:
+            raise ConfigError(f"{other} and {config} are both named {config.key} (widths to 4 "
+                              f"decimals); calibrate one of them")
+    batches = list(batches)
     if not batches:
         raise ConfigError("calibration saw no batch")
     slim = {name: m for name, m in model.named_modules() if isinstance(m, _SlimBatchNormNd)}

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
 from .nn.model import SlimmableModel
+from .space import whole
 
 __all__ = ["count_macs"]
 
@@ -26,8 +27,9 @@ def count_macs(
     FLOPs): the counter's FLOPs halved. ``width`` evaluates another width of a slimmable
     model without changing its active configuration. A plain module is counted as it is.
     """
-    if int(resolution) < 1:
-        raise ConfigError(f"resolution must be a positive number of pixels, got {resolution}")
+    resolution = whole("resolution", resolution, "a positive whole number of pixels")
+    if resolution is None:
+        raise ConfigError("count_macs needs a resolution")
     if in_chans is None:
         in_chans = getattr(model, "in_chans", None)
         if in_chans is None:

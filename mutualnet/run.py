@@ -63,8 +63,11 @@ class Run:
     def check_config(self, config: Config) -> Config:
         """Validate a configuration against what the model can run."""
         self.model.check_width(config.width)
-        if config.resolution is None or config.resolution < MIN_RESOLUTION:
-            trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
+        trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
+        if config.resolution is None:
+            raise ConfigError(f"a configuration needs a resolution (this run was trained at "
+                              f"{trained})")
+        if config.resolution < MIN_RESOLUTION:
             raise ConfigError(f"resolution {config.resolution} is too small: give at least "
                               f"{MIN_RESOLUTION} pixels (this run was trained at {trained})")
         trained_frames = self.config.space.frames

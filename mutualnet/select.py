@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
         raise ConfigError("give exactly one budget: --max-mmacs or --max-latency-ms")
     cost, budget = ("mmacs", max_mmacs) if max_mmacs is not None else (
         "latency_ms", max_latency_ms)
-    if not budget > 0:
-        raise ConfigError(f"the budget must be a positive number, got {budget:g}")
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
+        shown = f"{budget:g}" if isinstance(budget, float) else repr(budget)
+        raise ConfigError(f"the budget must be a positive number, got {shown}")
     if cost == "latency_ms" and not all("latency_ms" in r for r in rows):
         raise ConfigError("the grid has no latency; run `mutualnet evaluate RUN --latency` first")
     metric = metric_of(rows)

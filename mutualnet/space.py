@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,18 @@ class Config:
         if self.frames is not None:
             parts.append(f"t{int(self.frames)}")
         return "_".join(parts)
+
+
+def whole(name: str, value: Any, what: str) -> int | None:
+    """``value`` as a positive int (None stays None, a whole float is taken); a
+    :class:`ConfigError` saying it must be ``what`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    if isinstance(value, float) and value.is_integer() and value > 0:
+        return int(value)
+    raise ConfigError(f"{name} must be {what}, got {value!r}")
 
 
 def _fmt(width: float) -> str:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,43 @@ def test_adaptive_model_serves_a_budget(run_dir):
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no configuration fits"):
         m.set_budget(mmacs=1e-6)
+
+
+def test_adaptive_model_never_serves_one_width_for_another_named_alike(run_dir):
+    m = AdaptiveModel.load(run_dir)
+    lo, hi = m.model.width_range
+
+    def channels(width):
+        with m.model.using(width):
+            return m.model.active_param_count()
+
+    a, b = next((Config(w - 4.9e-5, 16), Config(w + 4.9e-5, 16))  # both named w (4 decimals)
+                for w in (round(lo + k * 1e-4, 4) for k in range(1, int((hi - lo) / 1e-4)))
+                if channels(w - 4.9e-5) != channels(w + 4.9e-5))
+    assert a.key == b.key
+    calibrate(m.model, [torch.randn(4, 3, 16, 16)], [a])
+    x = torch.randn(2, 3, 16, 16)
+    m.use(a)
+    m(x)
+    m.use(b)
+    with pytest.raises(ConfigError, match=f"statistics calibrated for {a.key}"):
+        m(x)
+
+
+def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
+    m = AdaptiveModel.load(run_dir)
+    assert m.use((0.5, 12)) == Config(0.5, 12)  # a plain tuple is a configuration too
+    with pytest.raises(ConfigError, match=r"a configuration needs a resolution \(this run "
+                                          r"was trained at 12, 16\)"):
+        m.use(Config(0.5))
+    with pytest.raises(ConfigError, match=r"use takes a Config or \(width, resolution\), "
+                                          r"got 'big'"):
+        m.use("big")
+    rows = [{"width": 0.5, "resolution": 12, "mmacs": 1.0, "top1": 50.0}]
+    with pytest.raises(ConfigError, match=r"the budget must be a positive number, got '1.0'"):
+        select(rows, max_mmacs="1.0")
+    assert select(rows, max_mmacs=np.int64(2)) == rows[0]
+    assert m.config == Config(0.5, 12)
 
 
 def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mutualnet
 from mutualnet import ConfigError, create_model, make_divisible
-from mutualnet.nn import Dim, SlimBatchNorm2d, SlimConv2d, SlimLinear
+from mutualnet.nn import Dim, SlimBatchNorm2d, SlimConv2d, SlimLinear, SlimmableModel
 
 
 @pytest.mark.parametrize(
@@ -121,3 +122,127 @@ def test_using_restores_the_previous_configuration():
     with model.using(0.25):
         assert model.config.width == 0.25
     assert model.config.width == 0.5 and model.config.resolution == 32
+
+
+def _calibrate_randomly(model, configs):
+    from mutualnet.calibrate import calibrate
+
+    torch.manual_seed(0)
+    calibrate(model, [torch.randn(8, 3, 24, 24)], configs)
+
+
+def test_subnet_takes_the_active_resolution_and_its_calibrated_statistics():
+    model = create_model("mobilenet_v2", num_classes=3, width_range=(0.35, 1.0),
+                         small_input=True)
+    _calibrate_randomly(model, [mutualnet.Config(0.5, 24)])
+    model.eval().set_config(0.5, 24)
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(model.subnet(0.5)(x), want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.subnet()(x), want, atol=1e-5, rtol=0)
+        shared = model.subnet(0.5, None)(x)  # None, given: the shared statistics
+    assert (shared - want).abs().max() > 1e-3
+    assert model.config == mutualnet.Config(0.5, 24)
+
+
+def test_widths_named_alike_with_different_channels_are_an_error_not_the_other_width():
+    model = create_model("mobilenet_v2", num_classes=3, width_range=(0.35, 1.0),
+                         small_input=True)
+    a, b = mutualnet.Config(0.45833, 24), mutualnet.Config(0.45834, 24)
+    assert a.key == b.key
+    with model.using(a):
+        count_a = model.active_param_count()
+    with model.using(b):
+        assert model.active_param_count() != count_a
+    _calibrate_randomly(model, [a])
+    model.eval().set_config(b)
+    with pytest.raises(ConfigError, match=r"statistics calibrated for w0p4583_r24 hold \d+ "
+                                          r"channels where width 0.45834 has \d+"):
+        model(torch.randn(1, 3, 24, 24))
+    with pytest.raises(ConfigError, match="w0p4583_r24"):
+        model.subnet()
+
+
+def test_a_failed_set_config_keeps_the_previous_configuration():
+    class Grouped(SlimmableModel):
+        def __init__(self):
+            super().__init__((0.25, 1.0), 3, 3)
+            self.features = nn.Sequential(SlimConv2d(3, Dim(32), 3), SlimBatchNorm2d(Dim(32)),
+                                          SlimConv2d(Dim(32), Dim(32), 3, group_channels=16))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      SlimLinear(Dim(32), 3))
+            self._finish()
+
+    model = Grouped().eval()
+    model.set_config(0.5)
+    x = torch.randn(1, 3, 8, 8)
+    before = model(x)
+    with pytest.raises(ConfigError, match="16 channels per group cannot take 24"):
+        model.set_config(0.75)
+    assert model.config.width == 0.5
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("abc",), r"width must be a number, got 'abc'"),
+    (([0.5],), r"width must be a number, got \[0.5\]"),
+    ((0.5, 24.7), r"resolution must be a positive whole number of pixels, got 24.7"),
+    ((0.5, -3), r"resolution must be a positive whole number of pixels, got -3"),
+    ((0.5, 24, 4), r"this model takes images, not clips: drop the frame count \(4\)"),
+    ((mutualnet.Config(0.5, 24), 32), r"give a Config or width, resolution and frames, not both"),
+])
+def test_set_config_refuses_bad_arguments_naming_them(args, message):
+    model = create_model("mobilenet_v1", width_range=(0.25, 1.0), small_input=True)
+    model.set_config(0.5, 16)
+    with pytest.raises(ConfigError, match=message):
+        model.set_config(*args)
+    assert model.config == mutualnet.Config(0.5, 16)
+
+
+def test_calibrate_takes_any_iterable_of_batches_and_refuses_frames_for_images():
+    from mutualnet.calibrate import calibrate
+
+    model = create_model("mobilenet_v1", width_range=(0.25, 1.0), small_input=True)
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    calibrate(model, (b for b in batches), [mutualnet.Config(0.5, 16)])
+    calibrate(model, batches, [mutualnet.Config(0.25, 16)])
+    bn = next(m for m in model.modules() if isinstance(m, SlimBatchNorm2d))
+    assert {"w0p5_r16", "w0p25_r16"} <= set(bn.calibrated)
+    with pytest.raises(ConfigError, match="takes images, not clips"):
+        calibrate(model, batches, [mutualnet.Config(0.5, 16, 4)])
+
+
+def test_extraction_and_folding_keep_the_models_dtype():
+    from mutualnet.nn.extract import fold_batchnorm
+
+    model = create_model("resnet18", width_range=(0.25, 0.5), small_input=True).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+        static = model.subnet(0.5)
+        assert {p.dtype for p in static.state_dict().values() if p.is_floating_point()} == \
+            {torch.float64}
+        torch.testing.assert_close(static(x), want)
+        torch.testing.assert_close(fold_batchnorm(static)(x), want)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: create_model("mobilenet_v2", stem_channels=0),
+     r"'mobilenet_v2' refuses its options \(a layer needs at least one channel, got 0\)"),
+    (lambda: create_model("mobilenet_v2", dropout=-1),
+     r"'mobilenet_v2' refuses its options \(dropout must be in \[0, 1\), got -1\)"),
+    (lambda: create_model("mobilenet_v1", dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
+])
+def test_model_options_out_of_range_are_refused(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_count_macs_takes_a_whole_float_resolution_and_refuses_a_fraction():
+    model = create_model("mobilenet_v1", width_range=(0.25, 1.0), small_input=True)
+    assert mutualnet.count_macs(model, 16.0) == mutualnet.count_macs(model, 16)
+    with pytest.raises(ConfigError, match=r"resolution must be a positive whole number of "
+                                          r"pixels, got 16.5"):
+        mutualnet.count_macs(model, 16.5)

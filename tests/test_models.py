@@ -138,5 +138,5 @@ def test_subnet_carries_the_configurations_calibrated_statistics():
     static = model.subnet(0.5, 28).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), static(x), atol=1e-5, rtol=0)
-        shared = model.subnet(0.5).eval()(x)
+        shared = model.subnet(0.5, None).eval()(x)  # the shared statistics
     assert not torch.allclose(shared, static(x))

@@ -60,7 +60,7 @@ class SlimGroupNorm(SlimLayer, nn.GroupNorm):
 
     def to_static(self) -> nn.Module:
         static = nn.GroupNorm(self.active_groups, self.active, eps=self.eps,
-                              device=self.weight.device)
+                              device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             static.weight.copy_(self.weight[: self.active])
             static.bias.copy_(self.bias[: self.active])

@@ -63,6 +63,8 @@ def classifier_head(
     spatial_dims: int = 2,
 ) -> nn.Sequential:
     """Global average pooling and a linear classifier whose outputs are never slimmed."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout:g}")
     pool = _layers(spatial_dims)[2]
     layers: list[nn.Module] = [pool(1), nn.Flatten(1)]
     if dropout > 0:

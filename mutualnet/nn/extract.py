@@ -93,7 +93,8 @@ def _fused(conv: nn.Conv2d | nn.Conv3d, bn: nn.BatchNorm2d | nn.BatchNorm3d) -> 
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                        conv.padding, conv.dilation, conv.groups, bias=True,
-                       padding_mode=conv.padding_mode, device=conv.weight.device)
+                       padding_mode=conv.padding_mode, device=conv.weight.device,
+                       dtype=conv.weight.dtype)
     fused.weight.copy_(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)

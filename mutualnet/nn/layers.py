@@ -52,6 +52,10 @@ class Dim:
     ratio: float = 1.0
     slim: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.base >= 1:
+            raise ValueError(f"a layer needs at least one channel, got {self.base}")
+
     def at(self, width: float) -> int:
         if not self.slim:
             return self.base
@@ -322,6 +326,7 @@ class _SlimBatchNormNd(SlimLayer):
 
     def set_width(self, width: float, stats_key: str | None = None) -> None:
         self.active = self.dim.at(width)
+        self.width = width
         self.stats_key = stats_key
         self.track_shared = abs(width - self.max_width) < 1e-9
 
@@ -329,6 +334,11 @@ class _SlimBatchNormNd(SlimLayer):
         """The statistics eval mode uses for the active configuration."""
         entry = self.calibrated.get(self.stats_key) if self.stats_key is not None else None
         if entry is not None:
+            if entry[0].numel() != self.active:  # another width of the same name (4 decimals)
+                raise ConfigError(
+                    f"statistics calibrated for {self.stats_key} hold {entry[0].numel()} "
+                    f"channels where width {self.width:g} has {self.active}: a configuration "
+                    f"is named by its width to 4 decimals; use the width it was calibrated at")
             return entry
         if self.running_mean is None:
             return None, None
@@ -357,9 +367,11 @@ class _SlimBatchNormNd(SlimLayer):
         return 2 * self.active if self.affine else 0
 
     def to_static(self) -> nn.Module:
+        like = self.weight if self.weight is not None else self.running_mean
         static = self._static_cls(
             self.active, eps=self.eps, momentum=self.momentum, affine=self.affine,
-            device=self.weight.device if self.weight is not None else None,
+            device=like.device if like is not None else None,
+            dtype=like.dtype if like is not None else None,
         )
         mean, var = self.active_stats()
         with torch.no_grad():

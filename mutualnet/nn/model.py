@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..space import Config
+from ..space import Config, whole
 from .layers import SlimLayer, init_weights
 
 __all__ = ["SlimmableModel"]
@@ -18,6 +19,9 @@ _TOLERANCE = 1e-6
 
 #: one extraction at a time in the process (each sets its model's configuration meanwhile)
 _EXTRACTING = threading.RLock()
+#: an argument of ``subnet`` left out: the active configuration's
+_ACTIVE: Any = object()
+
 
 
 class SlimmableModel(nn.Module):
@@ -65,7 +69,11 @@ class SlimmableModel(nn.Module):
 
     def check_width(self, width: float) -> float:
         lo, hi = self.width_range
-        if not (lo - _TOLERANCE <= float(width) <= hi + _TOLERANCE):
+        try:
+            width = float(width)
+        except (TypeError, ValueError):
+            raise ConfigError(f"width must be a number, got {width!r}") from None
+        if not (lo - _TOLERANCE <= width <= hi + _TOLERANCE):
             raise ConfigError(
                 f"width {width:g} is outside the trained range [{lo:g}, {hi:g}]; "
                 f"choose a width in that range"
@@ -78,16 +86,36 @@ class SlimmableModel(nn.Module):
         resolution: int | None = None,
         frames: int | None = None,
     ) -> Config:
-        """Select the active configuration (width and, for BN statistics, resolution/frames)."""
+        """Select the active configuration (width and, for BN statistics, resolution/frames).
+
+        A width no layer can take (a grouped convolution's channels not a multiple of its
+        group size) raises :class:`ConfigError` and leaves the previous configuration active.
+        """
         if isinstance(width, Config):
+            if resolution is not None or frames is not None:
+                raise ConfigError("give a Config or width, resolution and frames, not both")
             width, resolution, frames = width.width, width.resolution, width.frames
         width = self.max_width if width is None else self.check_width(width)
+        resolution = whole("resolution", resolution, "a positive whole number of pixels")
+        frames = whole("frames", frames, "a positive whole number")
+        if frames is not None and not self.temporal:
+            raise ConfigError(f"this model takes images, not clips: drop the frame count "
+                              f"({frames})")
         config = Config(width, resolution, frames)
-        stats_key = config.key if resolution is not None else None
-        for layer in self._slim_layers:
-            layer.set_width(width, stats_key)
+        previous = getattr(self, "_config", None)
+        try:
+            self._set_layers(config)
+        except ConfigError:
+            if previous is not None:
+                self._set_layers(previous)
+            raise
         self._config = config
         return config
+
+    def _set_layers(self, config: Config) -> None:
+        stats_key = config.key if config.resolution is not None else None
+        for layer in self._slim_layers:
+            layer.set_width(config.width, stats_key)
 
     @contextlib.contextmanager
     def using(
@@ -108,17 +136,23 @@ class SlimmableModel(nn.Module):
         return self.head(self.features(x))
 
     def subnet(
-        self, width: float | None = None, resolution: int | None = None,
-        frames: int | None = None,
+        self, width: float | None = None, resolution: int | None = _ACTIVE,
+        frames: int | None = _ACTIVE,
     ) -> nn.Module:
         """A plain static network with the weights (and BN statistics) of one configuration.
 
-        Safe to call from several threads: extractions run one at a time, since each sets
-        the model's configuration while it copies the weights."""
+        An argument left out is the active configuration's, so after ``set_config(0.5, 24)``
+        ``subnet(0.5)`` and ``subnet()`` carry the statistics calibrated for (0.5, 24);
+        ``resolution=None`` takes the shared statistics. Safe to call from several threads:
+        extractions run one at a time, since each sets the model's configuration while it
+        copies the weights."""
         from .extract import to_static
 
-        with _EXTRACTING, self.using(width if width is not None else self._config.width,
-                                     resolution, frames):
+        active = self._config
+        with _EXTRACTING, self.using(
+                active.width if width is None else width,
+                active.resolution if resolution is _ACTIVE else resolution,
+                active.frames if frames is _ACTIVE else frames):
             return to_static(self)
 
     def active_param_count(self) -> int:

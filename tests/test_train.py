@@ -77,6 +77,21 @@ def test_resume_continues_to_the_same_weights(tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_statistics_of_an_epochs_validation_are_not_saved_with_later_weights(tmp_path):
+    """Validation calibrates the full and smallest configurations at the epoch's end; weights
+    trained past it (a stop part-way through the next epoch) must not carry those statistics,
+    which `evaluate` would take as calibrated for them."""
+    run = tmp_path / "run"
+    train(tiny("train.epochs=2", "train.max_steps=27"), run)  # validation at step 20
+    for path in (run / "model.safetensors", run / "checkpoint.pt"):
+        state = load_weights(path)[0] if path.suffix == ".safetensors" else \
+            load_checkpoint(path)["model"]
+        assert not [k for k in state if ".calibrated." in k], path
+    train(tiny("train.epochs=2"), run, resume=True)  # validation at step 40, the last
+    tensors, _ = load_weights(run / "model.safetensors")
+    assert any(".calibrated.w0p5_r12." in k for k in tensors)
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path):
     from mutualnet.errors import ConfigError
 

@@ -28,6 +28,7 @@ from ..config import RunConfig, config_from_dict, config_to_dict
 from ..data.base import collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
+from ..nn.layers import _SlimBatchNormNd
 from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
@@ -305,7 +306,15 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         run_log = RunLog(run_dir, enabled=dist.is_main, keep_until=step)
         meta = run_metadata(cfg, info, space)
 
+        def drop_stale_statistics() -> None:
+            # a validation's calibrated statistics describe the weights of its step only
+            if calibrated_at != step:
+                for bn in model.modules():
+                    if isinstance(bn, _SlimBatchNormNd):
+                        bn.calibrated = {}
+
         def checkpoint() -> None:
+            drop_stale_statistics()
             if dist.is_main:
                 save_checkpoint(run_dir, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -318,7 +327,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         stop = _Stop()
         handlers = _install_signal_handlers(stop)
         local_batch = tc.batch_size // dist.world_size
-        started, last_validation = time.time(), None
+        started, last_validation, calibrated_at = time.time(), None, None
         try:
             while step < stop_step:
                 epoch, start_batch = divmod(step, steps_per_epoch)
@@ -368,6 +377,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                 if epoch_done and tc.validate:
                     last_validation = _validate(model, train_ds, val_ds, space, task, cfg,
                                                 device, dist, step)
+                    calibrated_at = step
                     if dist.is_main:
                         run_log.write({"kind": "val", "step": step, "epoch": epoch,
                                        **last_validation})
@@ -385,6 +395,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                 log.warning("removed %s, the results of the earlier weights of %s; run "
                             "`mutualnet evaluate %s` again", ", ".join(removed), run_dir,
                             run_dir)
+            drop_stale_statistics()
             save_weights(run_dir / WEIGHTS, model.state_dict(), meta)
         summary = {"run": str(run_dir), "steps": step, "seconds": round(elapsed, 1),
                    "validation": last_validation}

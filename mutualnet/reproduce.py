@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from .config import MODES, config_from_dict, config_to_dict, load_config
+from .config import MODES, config_to_dict, load_config
 from .errors import ConfigError
 from .evaluate import evaluate_run
-from .run import CONFIG_FILE, load_run
+from .run import load_run, read_run_config
 from .select import mmacs_figure, save_mmacs_figure
 from .space import Config
 from .train import build_space, train
@@ -136,9 +136,7 @@ def _finished(run_dir: Path, cfg) -> float | None:
     A finished run of another recipe (other epochs, overrides...) is never reused silently."""
     if not (run_dir / WEIGHTS).is_file():
         return None
-    import yaml
-
-    saved = config_from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {})
+    saved = read_run_config(run_dir)
     differ = _differing_keys(config_to_dict(saved), config_to_dict(cfg)) - RESUMABLE_KEYS
     if differ:
         raise ConfigError(f"{run_dir} holds a finished run of a different recipe "

@@ -102,24 +102,30 @@ class Run:
         save_weights(self.path / WEIGHTS, self.model.state_dict(), self.meta)
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Open a run directory written by ``mutualnet train`` (or ``convert-official``)."""
+def read_run_config(path: Path) -> RunConfig:
+    """The recipe a run directory records (its ``config.yaml``); a :class:`CheckpointError`
+    naming the file when it is unreadable or invalid."""
     import yaml
 
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"run directory {path} does not exist; give the --out of a "
-                              f"finished `mutualnet train`")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
+    config_path = Path(path) / CONFIG_FILE
     try:
-        config = config_from_dict(yaml.safe_load(config_path.read_text()) or {})
+        return config_from_dict(yaml.safe_load(config_path.read_text()) or {})
     except MutualNetError as exc:
         raise CheckpointError(f"{config_path} is invalid: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, OSError):
         raise CheckpointError(f"{config_path} is unreadable or not YAML; restore it or "
                               f"retrain") from None
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Open a run directory written by ``mutualnet train`` (or ``convert-official``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {path} does not exist; give the --out of a "
+                              f"finished `mutualnet train`")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
+    config = read_run_config(path)
     if (path / WEIGHTS).is_file():
         source = path / WEIGHTS
         state, meta = load_weights(source)

@@ -428,6 +428,13 @@ def test_an_existing_run_is_never_overwritten_or_resumed_differently(run, extra,
                          needles=(needle,))
 
 
+@pytest.mark.parametrize("damage", [b"x: [", b"\xff\xfe\x00", b"train: {epochs: many}"])
+def test_resuming_a_run_whose_config_is_damaged_is_one_line(run_copy, recipe, damage):
+    (run_copy / "config.yaml").write_bytes(damage)
+    fails_without_damage(run_copy, "train", recipe, "--out", run_copy, "--resume",
+                         needles=(str(run_copy / "config.yaml"),))
+
+
 def test_a_folder_holding_weights_or_results_is_a_run_too(run_copy):
     """A converted run, or one whose checkpoints were removed, still holds weights and a
     table that a new training must not replace."""

@@ -92,6 +92,17 @@ def test_statistics_of_an_epochs_validation_are_not_saved_with_later_weights(tmp
     assert any(".calibrated.w0p5_r12." in k for k in tensors)
 
 
+def test_resume_with_more_epochs_trains_further_and_records_them(tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    train(tiny("train.epochs=1", "train.validate=false"), run)
+    summary = train(tiny("train.epochs=2", "train.validate=false"), run, resume=True)
+    assert summary["steps"] == 40 and load_checkpoint(run / "checkpoint.pt")["step"] == 40
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert train(tiny("train.epochs=2", "train.validate=false"), run, resume=True)["steps"] == 40
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path):
     from mutualnet.errors import ConfigError
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
-from ..config import RunConfig, config_from_dict, config_to_dict
+from ..config import RunConfig, config_to_dict
 from ..data.base import collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
@@ -51,6 +51,9 @@ RESUMABLE_KEYS = {
     "train.max_steps", "train.device", "train.progress", "train.log_every",
     "train.checkpoint_every", "train.validate", "data.num_workers", "data.root",
 }
+# ...and keys a resumption may change to train a run further (the cosine schedule stretched
+# over the new length); the run's config then records the new value.
+EXTENDING_KEYS = {"train.epochs"}
 
 
 class TrainingInterrupted(MutualNetError):
@@ -125,20 +128,25 @@ def load_backbone_weights(model: SlimmableModel, run_dir: str) -> None:
 
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool) -> None:
     """Create the run directory and record the resolved config; check it on resume."""
-    import yaml
-
     config_path = run_dir / CONFIG_FILE
     if resume:
         if not config_path.is_file():
             raise ConfigError(f"cannot resume: {run_dir} holds no run ({CONFIG_FILE} missing); "
                               f"train without --resume first")
-        saved = config_to_dict(config_from_dict(yaml.safe_load(config_path.read_text())))
-        differ = _differing_keys(saved, config_to_dict(cfg)) - RESUMABLE_KEYS
-        if differ:
+        from ..run import read_run_config
+
+        saved = config_to_dict(read_run_config(run_dir))
+        differ = _differing_keys(saved, config_to_dict(cfg))
+        refused = differ - RESUMABLE_KEYS - EXTENDING_KEYS
+        if refused:
             raise ConfigError(
-                f"cannot resume {run_dir} with a different config ({', '.join(sorted(differ))}); "
-                f"resume with the run's own {CONFIG_FILE} or start a new --out directory"
+                f"cannot resume {run_dir} with a different config "
+                f"({', '.join(sorted(refused))}); resume with the run's own "
+                f"{CONFIG_FILE} or start a new --out directory"
             )
+        if "train.epochs" in differ and is_main:
+            saved["train"]["epochs"] = cfg.train.epochs
+            _write_config(run_dir, saved)
         return
     from ..select import RESULT_FILES
 
@@ -150,15 +158,21 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); choose another "
                           f"--out directory")
     if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            from .checkpoint import atomic_write_bytes
+        _write_config(run_dir, config_to_dict(cfg))
 
-            atomic_write_bytes(config_path, yaml.safe_dump(config_to_dict(cfg),
-                                                           sort_keys=False).encode())
-        except OSError as exc:
-            raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}; "
-                              f"choose a writable --out") from None
+
+def _write_config(run_dir: Path, config: dict) -> None:
+    import yaml
+
+    from .checkpoint import atomic_write_bytes
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / CONFIG_FILE,
+                           yaml.safe_dump(config, sort_keys=False).encode())
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}; choose a "
+                          f"writable --out") from None
 
 
 def _weights_are(path: Path, state: dict[str, torch.Tensor]) -> bool:

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-scenes", help="write the synthetic detection/segmentation scenes "
                        "as a COCO-style dataset (annotations/*.json, train/, val/)")
-    p.add_argument("out", help="folder to write")
+    p.add_argument("out", help="folder to create (must be new or empty)")
     p.add_argument("--train", type=positive(int), help="training scenes (default 3000)")
     p.add_argument("--val", type=positive(int), help="validation scenes (default 500)")
     p.add_argument("--size", type=positive(int), default=96, help="canvas side in pixels")

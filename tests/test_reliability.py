@@ -640,6 +640,26 @@ def test_an_export_that_cannot_be_written_is_one_line_and_changes_nothing(tmp_pa
     assert not Path(out).is_file()
 
 
+@pytest.mark.parametrize("command, bad, needle", [
+    (["make-scenes", "--train", "2", "--val", "2", "--size", "32"], ["--size", "8"],
+     "at least 32 pixels"),
+    (["make-video-data", "--train", "1", "--val", "1"], None, None),
+])
+def test_dataset_writers_refuse_a_folder_with_files_and_leave_nothing_when_refused(
+        tmp_path, unwritable, command, bad, needle):
+    name, *options = command
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "mine.txt").write_text("x")
+    one_line_error(cli(name, held, *options), "not an empty folder")
+    assert [p.name for p in held.iterdir()] == ["mine.txt"]
+    one_line_error(cli(name, unwritable / "data", *options), "choose a writable folder")
+    if bad:
+        fresh = tmp_path / "fresh"
+        one_line_error(cli(name, fresh, *options, *bad), needle)
+        assert not fresh.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. interruptions
 

@@ -115,14 +115,18 @@ def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 
 def write_scenes(out: str | Path, train: int = SCENES_TRAIN, val: int = SCENES_VAL,
                  size: int = 96, seed: int = 0, root: str | None = None) -> dict[str, Any]:
-    """Write ``annotations/instances_{train,val}.json`` and ``{train,val}/*.png`` under ``out``."""
+    """Write ``annotations/instances_{train,val}.json`` and ``{train,val}/*.png`` under ``out``,
+    a new or empty folder."""
     from PIL import Image
 
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not an empty folder; choose a new output folder")
+    scenes = {split: make_scenes(count, size, seed, split, root)  # before anything is written
+              for split, count in (("train", train), ("val", val))}
     try:
         (out / "annotations").mkdir(parents=True, exist_ok=True)
-        for split, count in (("train", train), ("val", val)):
-            coco, pixels = make_scenes(count, size, seed, split, root)
+        for split, (coco, pixels) in scenes.items():
             folder = out / split
             folder.mkdir(exist_ok=True)
             for image, array in zip(coco["images"], pixels):

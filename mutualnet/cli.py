@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -29,13 +30,13 @@ def _parse_list(text: str, kind: type, what: str, unique: bool = True) -> list:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values:
+    if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
     return list(dict.fromkeys(values)) if unique else values
 
 
 def _parse_floats(text: str) -> list[float]:
-    return _parse_list(text, float, "numbers")
+    return _parse_list(text, float, "finite numbers")
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -43,7 +44,7 @@ def _parse_ints(text: str) -> list[int]:
 
 
 def _parse_pair(text: str) -> list[float]:
-    return _parse_list(text, float, "numbers", unique=False)
+    return _parse_list(text, float, "finite numbers", unique=False)
 
 
 def positive(kind: type) -> Callable[[str], float]:

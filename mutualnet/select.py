@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import numbers
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,31 @@ def read_grid(run_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"{path} is corrupt; run `mutualnet evaluate {run_dir}` again") from None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ConfigError(f"{path} holds no configurations; run `mutualnet evaluate` again")
+    problem = _grid_problem(rows)
+    if problem:
+        raise ConfigError(f"{path} is damaged: {problem}; run `mutualnet evaluate {run_dir}` "
+                          f"again")
     return rows
+
+
+def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
+    """What makes grid rows unusable (a missing or non-numeric field), or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    metric = next((m for m in METRICS if m in rows[0]), None)
+    for n, row in enumerate(rows, 1):
+        if metric is None or metric not in row:
+            return f"row {n} has no metric ({', '.join(METRICS)})"
+        for key in ("width", "resolution", "mmacs", metric):
+            if key not in row:
+                return f"row {n} lacks {key}"
+        for key, value in row.items():
+            if (key in ("width", "resolution", "mmacs", metric) or key.startswith("latency_ms")
+                    or key in ("frames", "params")) and not (
+                    number(value) or (key == "frames" and value is None)):
+                return f"row {n} has {key} {value!r}, not a number"
+    return None
 
 
 def _label(row: dict[str, Any]) -> str:

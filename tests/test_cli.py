@@ -39,6 +39,9 @@ def test_bad_option_is_one_line_and_exit_code_2():
 
 def test_macs_names_the_flag_of_a_value_that_cannot_be(capsys):
     for args, needle in ((["x3d_xs", "--frames", "0"], "--frames must be positive, got 0"),
-                         (["resnet18", "--widths", "0,1"], "--widths must be positive, got 0")):
+                         (["resnet18", "--widths", "0,1"], "--widths must be positive, got 0"),
+                         (["resnet18", "--widths", "inf"], "expected comma-separated finite "
+                                                           "numbers, got 'inf'"),
+                         (["resnet18", "--widths", "0.5,nan"], "got '0.5,nan'")):
         assert main(["macs", *args]) == 2
         assert needle in capsys.readouterr().err

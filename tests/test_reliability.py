@@ -285,6 +285,14 @@ def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
     (["--set", "model.options={1: 2}"], "model.options must have names as keys"),
     (["--device", "tpu9"], "unknown device 'tpu9'"),
     (["--set", "model.options.dropout=2"], "dropout"),
+    (["--set", "model.options.num_classes=5"], "model.options.num_classes is set by the data"),
+    (["--set", "model.options.in_chans=1"], "model.options.in_chans is set by the data"),
+    (["--set", "model.options.width_range=[0.5, 1]"],
+     "model.options.width_range is set by space.width_range"),
+    (["--set", "model.options.block_setting=[[1, 8, 1, 0]]"],
+     "block_setting row [1, 8, 1, 0] needs"),
+    (["--set", "model.options.block_setting=[[1, 8, 0, 1]]"],
+     "block_setting row [1, 8, 0, 1] needs"),
 ], ids=command_id)
 def test_a_bad_option_is_one_line(tmp_path, recipe, args, needle):
     out = tmp_path / "out"
@@ -357,7 +365,7 @@ def test_an_empty_recipe_section_means_the_defaults(tmp_path):
     (["evaluate", "{run}", "--widths", "1", "--data", "{truncated}"], "is truncated"),
     (["evaluate", "{run}", "--width-step", "0"], "--width-step"),
     (["evaluate", "{run}", "--widths", "1", "--batch-size", "-5"], "--batch-size"),
-    (["evaluate", "{run}", "--widths", ","], "expected comma-separated numbers"),
+    (["evaluate", "{run}", "--widths", ","], "expected comma-separated finite numbers"),
     (["evaluate", "{run}", "--widths", "0.5", "--resolutions", "100000"],
      "out of memory: could not allocate 298.0 GiB"),
 ], ids=command_id)
@@ -465,6 +473,18 @@ def test_training_an_evaluated_run_further_removes_its_stale_table(run_copy):
     for name in ("grid.json", "grid.csv", "query_table.md", "pareto.png"):
         assert not (run_copy / name).exists(), name
     one_line_error(cli("select", run_copy, "--max-mmacs", "1"), "run `mutualnet evaluate")
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([{"width": 1, "resolution": 16, "top1": 5}], "row 1 lacks mmacs"),
+    ([{"width": 1, "resolution": 16, "top1": 5, "mmacs": "0.1"}], "row 1 has mmacs '0.1'"),
+    ([{"width": 1, "resolution": 16, "top1": "x", "mmacs": 0.1}], "row 1 has top1 'x'"),
+    ([{"width": 1, "resolution": 16, "mmacs": 0.1}], "row 1 has no metric"),
+])
+def test_select_on_a_damaged_grid_is_one_line(run_copy, rows, needle):
+    (run_copy / "grid.json").write_text(json.dumps(rows))
+    one_line_error(cli("select", run_copy, "--max-mmacs", "1"), "grid.json", needle,
+                   "run `mutualnet evaluate")
 
 
 def _grid_keys(run: Path) -> list[tuple]:

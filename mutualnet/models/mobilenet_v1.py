@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import Dim, SlimmableModel, classifier_head, conv_bn
-from .registry import register_variant
+from .registry import check_rows, register_variant
 
 # (out channels, repeats, first stride)
 DEFAULT_BLOCKS = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
@@ -45,7 +45,8 @@ class MobileNetV1(SlimmableModel):
         layers: list[nn.Module] = [
             conv_bn(in_chans, channels, 3, 1 if small_input else 2, act=nn.ReLU6, max_width=w)
         ]
-        for c, n, s in block_setting:
+        for c, n, s in check_rows("block_setting", block_setting,
+                                  ("channels", "repeats", "stride")):
             for i in range(n):
                 layers.append(DepthwiseSeparable(channels, Dim(c), s if i == 0 else 1, w))
                 channels = Dim(c)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import Dim, SlimmableModel, classifier_head, conv_bn
-from .registry import register_variant
+from .registry import check_rows, register_variant
 
 # (expansion t, out channels c, repeats n, first stride s)
 DEFAULT_BLOCKS = (
@@ -65,7 +65,9 @@ class MobileNetV2(SlimmableModel):
         layers: list[nn.Module] = [
             conv_bn(in_chans, channels, 3, 1 if small_input else 2, act=nn.ReLU6, max_width=w)
         ]
-        for stage, (t, c, n, s) in enumerate(block_setting):
+        rows = check_rows("block_setting", block_setting,
+                          ("expansion", "channels", "repeats", "stride"))
+        for stage, (t, c, n, s) in enumerate(rows):
             if small_input and stage == 1:
                 s = 1
             for i in range(n):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import ConfigError, UnknownModelError
 from ..nn.model import SlimmableModel
@@ -54,6 +55,23 @@ def create_model(name: str, **kwargs) -> SlimmableModel:
     except (TypeError, ValueError) as exc:  # a value the model refuses, e.g. dropout=2
         raise ConfigError(f"model {name!r} refuses its options ({exc}); fix model.options"
                           ) from None
+
+
+def check_rows(option: str, rows: Any, fields: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """``rows`` of a model option (e.g. MobileNetV2's ``block_setting``), each as many positive
+    whole numbers as ``fields`` names; a ValueError naming the bad row otherwise."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise ValueError(f"{option} must be a non-empty list of [{', '.join(fields)}] rows, "
+                         f"got {rows!r}")
+    for row in rows:
+        if not (isinstance(row, (list, tuple)) and len(row) == len(fields)
+                and all(map(whole, row))):
+            raise ValueError(f"{option} row {row!r} needs {len(fields)} positive whole numbers "
+                             f"[{', '.join(fields)}]")
+    return [tuple(row) for row in rows]
 
 
 def register_variant(name: str, cls: type[SlimmableModel], **fixed) -> None:

@@ -82,6 +82,11 @@ class ResNet(SlimmableModel):
         if block not in _BLOCKS:
             raise ConfigError(f"unknown ResNet block {block!r}; use 'basic' or 'bottleneck'")
         block_cls = _BLOCKS[block]
+        if not (isinstance(layers, (list, tuple)) and len(layers) == len(STAGE_PLANES)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                        for n in layers)):
+            raise ValueError(f"layers must be {len(STAGE_PLANES)} positive whole numbers (blocks "
+                             f"per stage), got {layers!r}")
         w = self.max_width
         channels = Dim(64, ratio=0.25) if block_cls is Bottleneck else Dim(64)
         if small_input:

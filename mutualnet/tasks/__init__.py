@@ -47,6 +47,11 @@ def build_task_model(task: str, name: str, *, num_classes: int, in_chans: int,
     from ..models import create_model
     from ..models.dense import create_dense_model
 
+    for key, source in (("num_classes", "the data"), ("in_chans", "the data"),
+                        ("width_range", "space.width_range")):
+        if key in options:
+            raise ConfigError(f"model.options.{key} is set by {source}; remove it from "
+                              f"model.options")
     if task == "classification":
         if head:
             raise ConfigError("model.head configures detection and segmentation heads; "

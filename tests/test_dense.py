@@ -71,7 +71,9 @@ def test_decode_turns_distances_in_strides_into_pixel_boxes():
 def test_the_meter_maps_a_sub_network_s_boxes_back_to_original_image_pixels():
     # a 64x48 image letterboxed into a 32 px canvas (scale 0.5), seen by a 16 px configuration
     target = {"boxes": torch.tensor([[5.0, 10.0, 15.0, 20.0]]), "labels": torch.tensor([1]),
-              "iscrowd": torch.tensor([False]), "image_id": 7, "scale": 0.5, "size": 32}
+              "iscrowd": torch.tensor([False]), "image_id": 7, "scale": 0.5, "size": 32,
+              "file_boxes": torch.tensor([[10.0, 20.0, 20.0, 20.0]]),
+              "file_labels": torch.tensor([1]), "file_iscrowd": torch.tensor([False])}
     cls = torch.full((1, 2, 4, 4), -20.0)
     ctr = torch.full((1, 1, 4, 4), 20.0)
     box = torch.zeros(1, 4, 4, 4)
@@ -302,6 +304,36 @@ def test_the_reader_letterboxes_and_flips_boxes_and_masks_together(coco_root):
         pytest.fail("no seed flipped")
     images, targets = plain.collate_fn([plain[0], plain[1]])
     assert images.shape == (2, 3, 32, 32) and isinstance(targets, list)
+
+
+def test_detection_is_scored_against_the_boxes_of_the_annotation_file(coco_root):
+    """Boxes reaching past the image are clipped for training, not for scoring: detections
+    equal to the file's boxes score 100, as pycocotools on the file would give."""
+    from types import SimpleNamespace
+
+    from mutualnet.tasks.detection import DetectionMeter
+
+    data = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    for a in data["annotations"]:
+        a["bbox"][0] = 64 - a["bbox"][2] / 2  # half of each box past the right edge
+    index = parse_coco(data, "instances_val.json")
+    val = CocoDataset(index, "detection", 32, [0.5] * 3, [0.25] * 3, train=False,
+                      image_dir=coco_root / "val")
+    config = Config(1.0, 32)
+    pending = []
+    decode = lambda output: pending  # noqa: E731 -- the detections of the batch
+    meter = DetectionMeter(SimpleNamespace(decode=decode))
+    for i in range(len(val)):
+        _, target = val[i]
+        boxes = torch.tensor([b[0] for b in index.annotations[i]]).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # the file's boxes, in this configuration's pixels
+        pending[:] = [{"boxes": boxes * target["scale"], "scores": torch.ones(len(boxes)),
+                       "labels": torch.tensor([b[1] for b in index.annotations[i]])}]
+        meter.update([[torch.zeros(1, 2)]], [target], config)
+    written = sorted((g["image_id"], *g["bbox"]) for g in data["annotations"])
+    scored = sorted((g[0], *g[1:5]) for g in meter.ground_truth)
+    np.testing.assert_allclose(np.array(scored), np.array(written), atol=1e-4)
+    assert meter.result() == {"map": 100.0, "ap50": 100.0}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -325,11 +325,16 @@ class CocoDataset(Dataset):
             boxes = torch.stack([width * scale - boxes[:, 2], boxes[:, 1],
                                  width * scale - boxes[:, 0], boxes[:, 3]], 1)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        labels = torch.tensor([a[1] for a in annotations], dtype=torch.long)
+        crowd = torch.tensor([a[2] for a in annotations], dtype=torch.bool)
         target = {
-            "boxes": boxes[keep],
-            "labels": torch.tensor([a[1] for a in annotations], dtype=torch.long)[keep],
-            "iscrowd": torch.tensor([a[2] for a in annotations], dtype=torch.bool)[keep],
+            "boxes": boxes[keep], "labels": labels[keep], "iscrowd": crowd[keep],
             "image_id": image_id, "scale": scale, "size": size,
+            # what scoring compares with: every box as the file has it (x, y, w, h, original
+            # pixels), none clipped or dropped
+            "file_boxes": torch.tensor([a[0] for a in annotations],
+                                       dtype=torch.float64).reshape(-1, 4),
+            "file_labels": labels, "file_iscrowd": crowd,
         }
         return canvas, target
 

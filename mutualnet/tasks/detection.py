@@ -333,10 +333,9 @@ class DetectionMeter:
             self.images.append(image_id)
             # input pixels of this configuration -> canvas -> original image
             to_original = float(t["size"]) / config.resolution / float(t["scale"])
-            for box, label, crowd in zip((t["boxes"].float() / float(t["scale"])).tolist(),
-                                         t["labels"].tolist(), t["iscrowd"].tolist()):
-                self.ground_truth.append([image_id, box[0], box[1], box[2] - box[0],
-                                          box[3] - box[1], label, int(crowd)])
+            for box, label, crowd in zip(t["file_boxes"].tolist(), t["file_labels"].tolist(),
+                                         t["file_iscrowd"].tolist()):
+                self.ground_truth.append([image_id, *box, label, int(crowd)])
             boxes = (result["boxes"] * to_original).tolist()
             for box, score, label in zip(boxes, result["scores"].tolist(),
                                          result["labels"].tolist()):

@@ -306,6 +306,20 @@ def test_the_reader_letterboxes_and_flips_boxes_and_masks_together(coco_root):
     assert images.shape == (2, 3, 32, 32) and isinstance(targets, list)
 
 
+def test_16_bit_images_are_scaled_to_8_bits_not_read_as_white(coco_root, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    Image.fromarray(np.full((48, 64), 40000, dtype=np.uint16)).save(root / "val" / "img0.png")
+    index = parse_coco(json.loads((root / "annotations" / "instances_val.json").read_text()),
+                       "instances_val.json")
+    val = CocoDataset(index, "detection", 32, [0.5] * 3, [0.25] * 3, train=False,
+                      image_dir=root / "val")
+    assert val._read(0).unique().tolist() == [round(40000 / 65535 * 255)]
+
+
 def test_detection_is_scored_against_the_boxes_of_the_annotation_file(coco_root):
     """Boxes reaching past the image are clipped for training, not for scoring: detections
     equal to the file's boxes score 100, as pycocotools on the file would give."""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .folder import to_8_bits
 from .transforms import _check_size, _Normalize, pil_to_tensor
 
 __all__ = ["CocoIndex", "CocoDataset", "collate_dense", "find_split", "parse_coco",
@@ -286,7 +287,7 @@ class CocoDataset(Dataset):
         path = self.image_dir / name
         try:
             with Image.open(path) as img:
-                x = pil_to_tensor(img.convert("RGB"))
+                x = pil_to_tensor(to_8_bits(img).convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError):
             raise DataError(f"image file {path} is unreadable; restore it or remove it from "
                             f"{self.index.source}") from None

@@ -27,7 +27,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _to_8_bits(img: Any) -> Any:
+def to_8_bits(img: Any) -> Any:
     """A 16-bit or float grey image as mode ``L`` scaled from its range (``convert`` would clip
     it to white); other modes as they are."""
     if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
@@ -51,7 +51,7 @@ def _decode(path: str | os.PathLike) -> Any:
 
     with Image.open(path) as img:
         ImageOps.exif_transpose(img, in_place=True)
-        return _to_8_bits(img).convert("RGB")
+        return to_8_bits(img).convert("RGB")
 
 
 def load_image(path: str | os.PathLike) -> Any:

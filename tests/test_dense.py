@@ -18,7 +18,7 @@ from mutualnet.errors import ConfigError, DataError
 from mutualnet.models.dense import create_dense_model
 from mutualnet.space import Config
 from mutualnet.tasks.detection import DetectionTask, batched_nms, coco_map, decode
-from mutualnet.tasks.segmentation import SegmentationTask, confusion_matrix, mean_iou
+from mutualnet.tasks.segmentation import IGNORE, SegmentationTask, confusion_matrix, mean_iou
 
 BACKBONE = {"block_setting": [[1, 8, 1, 1], [2, 16, 1, 2], [2, 16, 1, 2], [2, 24, 1, 2],
                               [2, 32, 1, 2]],
@@ -101,7 +101,7 @@ def test_map_of_perfect_detections_is_100_and_of_half_the_objects_51_of_101():
 
 
 def test_mean_iou_from_a_hand_computed_confusion_matrix_summable_over_batches():
-    target = torch.tensor([[0, 0, 1], [1, 2, 255]])
+    target = torch.tensor([[0, 0, 1], [1, 2, IGNORE]])
     pred = torch.tensor([[0, 1, 1], [1, 2, 0]])
     confusion = confusion_matrix(pred, target, 3)
     assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
@@ -205,7 +205,7 @@ def test_distillation_resizes_the_teacher_to_the_student_and_has_gradients():
     assert model.head.cls_out.weight.grad.abs().sum() > 0
     seg, seg_task = tiny_dense("segmentation"), SegmentationTask()
     mask = torch.randint(0, 3, (2, 64, 64))
-    mask[:, :4] = 255
+    mask[:, :4] = IGNORE
     soft = seg_task.teacher_signal(seg(x))
     seg.set_config(0.5)
     seg_loss = seg_task.distill_loss(seg(small), soft, mask, Config(0.5, 48))
@@ -281,7 +281,7 @@ def test_the_reader_letterboxes_and_flips_boxes_and_masks_together(coco_root):
     torch.testing.assert_close(target["boxes"][0], torch.tensor([x, y, x + w, y + h]) / 2.0)
     masks = CocoDataset(seg, "segmentation", 32, train=False, **kwargs)
     _, mask = masks[0]
-    assert mask.shape == (32, 32) and torch.all(mask[24:] == 255)
+    assert mask.shape == (32, 32) and torch.all(mask[24:] == IGNORE)
     label = ann[0]["category_id"] == 7  # category 3 -> class 1, 7 -> class 2
     inside = mask[(y + 1) // 2:(y + h) // 2, (x + 1) // 2:(x + w) // 2]  # nearest: pixel 2i
     assert inside.numel() and torch.all(inside == 1 + int(label))
@@ -304,6 +304,25 @@ def test_the_reader_letterboxes_and_flips_boxes_and_masks_together(coco_root):
         pytest.fail("no seed flipped")
     images, targets = plain.collate_fn([plain[0], plain[1]])
     assert images.shape == (2, 3, 32, 32) and isinstance(targets, list)
+
+
+def test_segmentation_takes_any_number_of_categories(coco_root):
+    """Class 255 and above are classes like the others, not the ignored padding."""
+    from mutualnet.data.coco import IGNORE
+
+    data = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    data["categories"] = [{"id": k, "name": f"c{k}"} for k in range(1, 301)]
+    for a, category in zip(data["annotations"], (255, 256, 300)):
+        a["category_id"] = category
+    index = parse_coco(data, "instances_val.json", need_masks=True)
+    val = CocoDataset(index, "segmentation", 32, [0.5] * 3, [0.25] * 3, train=False,
+                      image_dir=coco_root / "val")
+    values = set()
+    for i in range(len(val)):
+        values |= set(val[i][1].unique().tolist())
+    assert {255, 256, 300, IGNORE} <= values
+    confusion = confusion_matrix(torch.tensor([255, 0]), torch.tensor([255, IGNORE]), 301)
+    assert confusion.sum() == 1 and confusion[255, 255] == 1
 
 
 def test_16_bit_images_are_scaled_to_8_bits_not_read_as_white(coco_root, tmp_path):

@@ -12,7 +12,8 @@ outside their image give detection no target; the reader names them in one warni
 
 Items are ``(image float [3, S, S], target)``: for detection a dict (see
 ``mutualnet.tasks.detection``), for segmentation an int64 mask ``[S, S]`` with 0 background,
-``k + 1`` for the ``k``-th category (in order of id) and 255 for padding and crowd regions.
+``k + 1`` for the ``k``-th category (in order of id, any number of them) and :data:`IGNORE`
+(-1) for padding and crowd regions.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from .transforms import _check_size, _Normalize, pil_to_tensor
 __all__ = ["CocoIndex", "CocoDataset", "collate_dense", "find_split", "parse_coco",
            "read_coco"]
 
-IGNORE = 255
+#: the mask value of pixels no loss or metric counts (padding, crowd regions)
+IGNORE = -1
 log = logging.getLogger("mutualnet")
 
 
@@ -224,10 +226,10 @@ def _to_rle(seg: Any, height: int, width: int):
 
 def rasterise(annotations: Sequence[tuple], height: int, width: int, source: str
               ) -> np.ndarray:
-    """A uint8 class map of one image: larger objects first, so smaller ones stay visible."""
+    """An int32 class map of one image: larger objects first, so smaller ones stay visible."""
     from pycocotools import mask as mask_utils
 
-    out = np.zeros((height, width), dtype=np.uint8)
+    out = np.zeros((height, width), dtype=np.int32)
     for _, label, crowd, seg in sorted(annotations, key=lambda a: -a[0][2] * a[0][3]):
         try:
             with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice

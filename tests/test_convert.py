@@ -4,6 +4,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,53 @@ def test_a_converted_run_calibrates_evaluates_selects_and_exports(official_fixtu
     proc = cli("export", run, "--width", "0.25", "--resolution", "128", "--format", "onnx",
                "-o", tmp_path / "m.onnx", "--data", data)
     assert proc.returncode == 0, proc.stderr
+
+
+def _scaled_run(tmp_path) -> Path:
+    """A converted run (official layout, made from a fresh model) without calibration."""
+    from mutualnet import create_model
+
+    model = create_model("mobilenet_v1", num_classes=10, width_range=(0.25, 1.0))
+    official = {"module." + k.replace("head.2", "classifier.0").replace("depthwise.0", "body.0")
+                .replace("depthwise.1", "body.1").replace("pointwise.0", "body.3")
+                .replace("pointwise.1", "body.4"): v for k, v in model.state_dict().items()
+                if "running" not in k and "num_batches" not in k}
+    torch.save(official, tmp_path / "scaled.pt")
+    convert_official(tmp_path / "scaled.pt", "mobilenet_v1", tmp_path / "run",
+                     width_range=(0.25, 1.0))
+    return tmp_path / "run"
+
+
+def test_serving_a_converted_run_needs_the_configurations_calibrated(tmp_path):
+    """Its own statistics are placeholders: a configuration not calibrated is an error, also
+    after other configurations were calibrated."""
+    from mutualnet import AdaptiveModel, Config
+    from mutualnet.calibrate import calibrate
+
+    run_dir = _scaled_run(tmp_path)
+    x = torch.randn(1, 3, 128, 128)
+    with pytest.raises(ConfigError, match=r"1-224 of .* has no calibrated statistics .*; "
+                                          r"run `mutualnet calibrate .* --widths 1 "
+                                          r"--resolutions 224`"):
+        AdaptiveModel.load(run_dir)(x)
+    run = load_run(run_dir)
+    calibrate(run.model, [torch.randn(4, 3, 128, 128)], [Config(0.25, 128)])
+    run.meta.pop("needs_calibration")  # as calibrate_run leaves it
+    run.save()
+    m = AdaptiveModel.load(run_dir)
+    m.use((0.25, 128))
+    assert m(x).shape == (1, 10)
+    m.use((1.0, 224))
+    with pytest.raises(ConfigError, match="has no calibrated statistics"):
+        m(x)
+
+
+def test_conversion_never_writes_into_a_folder_holding_a_run(tmp_path):
+    run_dir = _scaled_run(tmp_path)
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "checkpoint.pt").write_bytes(b"a training state")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        convert_official(tmp_path / "scaled.pt", "mobilenet_v1", held, width_range=(0.25, 1.0))
+    assert [p.name for p in held.iterdir()] == ["checkpoint.pt"]
+    assert run_dir.is_dir()

@@ -28,11 +28,13 @@ class AdaptiveModel(nn.Module):
         self.run = run
         self.model = run.model
         self.grid = grid
+        #: the query-table row chosen by the last ``set_budget`` (None after ``use``)
         self.active: dict[str, Any] | None = None
         # the inference network of each configuration used so far (extracted, BN folded):
         # switching back is free and a forward pass does no slicing or normalisation
         self._nets: dict[Config, nn.Module] = {}
-        self.use(Config(run.model.max_width, max(run.config.space.resolutions)))
+        # this instance's own configuration: several may serve one run's model side by side
+        self._config = self.use(Config(run.model.max_width, max(run.config.space.resolutions)))
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> "AdaptiveModel":
@@ -44,7 +46,7 @@ class AdaptiveModel(nn.Module):
 
     @property
     def config(self) -> Config:
-        return self.model.config
+        return self._config
 
     def use(self, config: Config | tuple) -> Config:
         """Switch to an explicit configuration, a :class:`Config` or ``(width, resolution)``
@@ -55,8 +57,9 @@ class AdaptiveModel(nn.Module):
             config = Config(*config)
         if not isinstance(config, Config):
             raise ConfigError(f"use takes a Config or (width, resolution), got {config!r}")
-        config = self.run.check_config(config)
-        return self.model.set_config(config)
+        self._config = self.run.check_config(config)
+        self.active = None
+        return self._config
 
     def set_budget(self, mmacs: float | None = None, latency_ms: float | None = None
                    ) -> dict[str, Any]:
@@ -73,13 +76,30 @@ class AdaptiveModel(nn.Module):
         self.active = row
         return row
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 -- .to(), .double(), ...
+        self._nets.clear()  # built again from the moved model when next used
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
+        """Logits of ``images`` (float, normalised as the run's data; any size: resized to the
+        configuration) in the dtype and on the device of the model."""
         from .evaluate import static_network
 
-        config = self.model.config
+        if not images.is_floating_point():
+            raise ConfigError(f"AdaptiveModel takes float images (normalised as the run's data), "
+                              f"got {images.dtype}")
+        like = next(self.model.parameters())
+        config = self._config
         net = self._nets.get(config)  # by the exact widths: two may share a key
         if net is None:
+            if self.run.placeholder_statistics and not self.run.is_calibrated(config):
+                frames = f" --frames {config.frames}" if config.frames else ""
+                raise ConfigError(
+                    f"configuration {config.width:g}-{config.resolution} of {self.run.path} has "
+                    f"no calibrated statistics (a converted run's own are placeholders); run "
+                    f"`mutualnet calibrate {self.run.path} --widths {config.width:g} "
+                    f"--resolutions {config.resolution}{frames}`")
             net = self._nets[config] = static_network(
                 self.model, config, self.run.config.train.channels_last)
-        return net(to_config(images.to(self.run.device), config))
+        return net(to_config(images.to(like.device, like.dtype), config))

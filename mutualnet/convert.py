@@ -110,8 +110,12 @@ def convert_official(
         raise ConfigError(f"unknown --arch {arch!r}; use one of {', '.join(ARCHES)}")
     width_range = tuple(width_range or ARCHES[arch])
     out = Path(out)
-    if (out / WEIGHTS).exists():
-        raise ConfigError(f"{out} already holds a run; choose another -o directory")
+    from .run import held_run_files
+
+    held = held_run_files(out)
+    if held:
+        raise ConfigError(f"{out} already holds a run ({', '.join(held)}); choose another -o "
+                          f"directory")
     official = read_official(checkpoint)
     classifier = official.get("classifier.0.weight")
     if classifier is None or classifier.dim() != 2:
@@ -158,7 +162,8 @@ def convert_official(
         "class_names": [str(i) for i in range(num_classes)],
         "width_range": list(width_range), "resolutions": list(IMAGENET_RESOLUTIONS),
         "frames": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "mode": "mutualnet",
-        "needs_calibration": True, "converted_from": str(Path(checkpoint).name),
+        "needs_calibration": True, "placeholder_statistics": True,
+        "converted_from": str(Path(checkpoint).name),
     }
     try:
         out.mkdir(parents=True, exist_ok=True)

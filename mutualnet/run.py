@@ -25,6 +25,13 @@ __all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TAB
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, PREVIOUS, WEIGHTS, LOG, *RESULT_FILES)
 
 
+def held_run_files(folder: Path) -> list[str]:
+    """The files of a trained or converted run that ``folder`` holds (weights, a training
+    state or results), which nothing but that run's own commands may replace."""
+    return [name for name in (CHECKPOINT, PREVIOUS, WEIGHTS, *RESULT_FILES)
+            if (Path(folder) / name).exists()]
+
+
 @dataclass
 class Run:
     path: Path
@@ -96,6 +103,13 @@ class Run:
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
         info.check_classes(self.meta)
         return train, val
+
+    @property
+    def placeholder_statistics(self) -> bool:
+        """Whether the BN statistics shared by all configurations are placeholders (a converted
+        run): only calibrated configurations can run."""
+        return bool(self.meta.get("placeholder_statistics") or
+                    self.meta.get("needs_calibration"))
 
     def save(self) -> None:
         """Write the weights and calibrated statistics back (atomically)."""

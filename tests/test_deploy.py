@@ -142,8 +142,8 @@ def test_adaptive_model_serves_a_budget(run_dir):
     x = torch.randn(2, 3, 40, 40)
     out = m(x)  # any input size: resized to the configuration
     assert out.shape == (2, 10)
-    with torch.no_grad():  # served by the folded static network: the slimmable model's function
-        want = m.model.eval()(to_config(x, m.config))
+    with torch.no_grad(), m.model.using(m.config):  # served by the folded static network:
+        want = m.model.eval()(to_config(x, m.config))  # the slimmable model's function
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no configuration fits"):
         m.set_budget(mmacs=1e-6)
@@ -184,6 +184,40 @@ def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
         select(rows, max_mmacs="1.0")
     assert select(rows, max_mmacs=np.int64(2)) == rows[0]
     assert m.config == Config(0.5, 12)
+
+
+def test_adaptive_models_of_one_run_keep_their_own_configurations(run_dir):
+    run = load_run(run_dir)
+    big, small = AdaptiveModel(run).eval(), AdaptiveModel(run).eval()
+    big.use((1.0, 16))
+    small.use((0.5, 12))
+    assert big.config == Config(1.0, 16) and small.config == Config(0.5, 12)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = AdaptiveModel.load(run_dir).eval()
+        want.use((1.0, 16))
+        torch.testing.assert_close(big(x), want(x))
+    row = {"width": 0.5, "resolution": 12, "top1": 50.0, "mmacs": 1.0}
+    calibrate(run.model, [torch.randn(4, 3, 16, 16)], [Config(0.5, 12)])
+    served = AdaptiveModel(run, [row])
+    assert served.set_budget(mmacs=2.0) == row and served.active == row
+    served.use((1.0, 16))
+    assert served.active is None  # no longer a row of the table
+
+
+def test_adaptive_model_follows_to_and_takes_any_float_input(run_dir):
+    m = AdaptiveModel.load(run_dir)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = m(x)
+        m.to(torch.float64)
+        out = m(x)  # a float32 input, served by the float64 networks
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, want.double(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(m(x.half()), want.double(), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ConfigError, match=r"takes float images \(normalised as the run's "
+                                          r"data\), got torch.uint8"):
+        m(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
 
 
 def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):

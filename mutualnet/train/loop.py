@@ -148,12 +148,12 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
             saved["train"]["epochs"] = cfg.train.epochs
             _write_config(run_dir, saved)
         return
-    from ..select import RESULT_FILES
+    from ..run import held_run_files
 
-    if (run_dir / CHECKPOINT).exists():
+    held = held_run_files(run_dir)
+    if CHECKPOINT in held:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it "
                           f"or choose another --out directory")
-    held = [name for name in (WEIGHTS, *RESULT_FILES) if (run_dir / name).exists()]
     if held:  # weights without a training state: a converted run, or checkpoints removed
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); choose another "
                           f"--out directory")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import numbers
 from pathlib import Path
@@ -52,8 +53,11 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
         shown = f"{budget:g}" if isinstance(budget, float) else repr(budget)
         raise ConfigError(f"the budget must be a positive number, got {shown}")
-    if cost == "latency_ms" and not all("latency_ms" in r for r in rows):
-        raise ConfigError("the grid has no latency; run `mutualnet evaluate RUN --latency` first")
+    untimed = sum("latency_ms" not in r for r in rows)
+    if cost == "latency_ms" and untimed:
+        which = "the grid has" if untimed == len(rows) else \
+            f"{untimed} of the {len(rows)} rows of the grid have"
+        raise ConfigError(f"{which} no latency; run `mutualnet evaluate RUN --latency` first")
     metric = metric_of(rows)
     fits = [r for r in rows if r[cost] <= budget]
     if not fits:
@@ -88,6 +92,9 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
     metric = next((m for m in METRICS if m in rows[0]), None)
     for n, row in enumerate(rows, 1):
         if metric is None or metric not in row:
@@ -100,12 +107,15 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
                     or key in ("frames", "params")) and not (
                     number(value) or (key == "frames" and value is None)):
                 return f"row {n} has {key} {value!r}, not a number"
+        for key in ("resolution", "frames"):
+            if row.get(key) is not None and not whole(row[key]):
+                return f"row {n} has {key} {row[key]!r}, not a whole number"
     return None
 
 
 def _label(row: dict[str, Any]) -> str:
     """The paper's notation, width-resolution, e.g. 0.75-160."""
-    width = f"{row['width']:.3f}".rstrip("0")
+    width = f"{row['width']:.4f}".rstrip("0")  # as configurations are named
     label = f"{width}0-{row['resolution']}" if width.endswith(".") else \
         f"{width}-{row['resolution']}"
     return f"{label}-{row['frames']}f" if row.get("frames") else label
@@ -211,15 +221,16 @@ def _configuration(row: dict[str, Any]) -> tuple:
     return row["width"], row["resolution"], row.get("frames") or 0
 
 
-def _rows_kept(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of the run's grid, or none when there is none or it is damaged."""
+def _rows_kept(run_dir: Path, replacing: bool = False) -> list[dict[str, Any]]:
+    """The rows of the run's grid, or none when there is none or it is damaged (with a
+    warning when the caller is ``replacing`` it)."""
     try:
-        rows = read_grid(run_dir) if (Path(run_dir) / GRID_JSON).is_file() else []
-    except ConfigError:
+        return read_grid(run_dir) if (Path(run_dir) / GRID_JSON).is_file() else []
+    except ConfigError as exc:
+        if replacing:
+            logging.getLogger("mutualnet").warning(
+                "%s; it is replaced by this evaluation's rows", str(exc).split("; run")[0])
         return []
-    ok = all(isinstance(r.get("width"), (int, float)) and isinstance(r.get("resolution"), int)
-             for r in rows)
-    return rows if ok else []
 
 
 def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
@@ -229,7 +240,7 @@ def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu
     evaluation measured none), rows of other configurations stay. Returns the whole grid."""
     new = {_configuration(r): r for r in rows}
     kept = []
-    for row in _rows_kept(run_dir):
+    for row in _rows_kept(run_dir, replacing=True):
         same = new.get(_configuration(row))
         if same is None:
             kept.append(row)

@@ -183,6 +183,14 @@ def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
     with pytest.raises(ConfigError, match=r"the budget must be a positive number, got '1.0'"):
         select(rows, max_mmacs="1.0")
     assert select(rows, max_mmacs=np.int64(2)) == rows[0]
+    timed = [{**rows[0], "latency_ms": 1.0}, {**rows[0], "width": 0.75}]
+    with pytest.raises(ConfigError, match=r"1 of the 2 rows of the grid have no latency; run "
+                                          r"`mutualnet evaluate RUN --latency`"):
+        select(timed, max_latency_ms=2.0)
+    from mutualnet.select import _label
+
+    assert [_label({"width": w, "resolution": 28}) for w in (1.0, 0.9999, 0.35, 0.5)] == \
+        ["1.0-28", "0.9999-28", "0.35-28", "0.5-28"]
     assert m.config == Config(0.5, 12)
 
 

@@ -480,11 +480,22 @@ def test_training_an_evaluated_run_further_removes_its_stale_table(run_copy):
     ([{"width": 1, "resolution": 16, "top1": 5, "mmacs": "0.1"}], "row 1 has mmacs '0.1'"),
     ([{"width": 1, "resolution": 16, "top1": "x", "mmacs": 0.1}], "row 1 has top1 'x'"),
     ([{"width": 1, "resolution": 16, "mmacs": 0.1}], "row 1 has no metric"),
+    ([{"width": 1, "resolution": 16.0, "top1": 5, "mmacs": 0.1}],
+     "row 1 has resolution 16.0, not a whole number"),
 ])
 def test_select_on_a_damaged_grid_is_one_line(run_copy, rows, needle):
     (run_copy / "grid.json").write_text(json.dumps(rows))
     one_line_error(cli("select", run_copy, "--max-mmacs", "1"), "grid.json", needle,
                    "run `mutualnet evaluate")
+
+
+def test_evaluate_over_a_damaged_grid_says_it_replaces_it(run_copy):
+    rows = json.loads((run_copy / "grid.json").read_text())
+    rows[0]["resolution"] = float(rows[0]["resolution"])
+    (run_copy / "grid.json").write_text(json.dumps(rows))
+    proc = cli("evaluate", run_copy, "--widths", "1", "--resolutions", "16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "grid.json is damaged" in proc.stderr and "replaced" in proc.stderr
 
 
 def _grid_keys(run: Path) -> list[tuple]:

@@ -109,6 +109,9 @@ def convert_official(
     if arch not in ARCHES:
         raise ConfigError(f"unknown --arch {arch!r}; use one of {', '.join(ARCHES)}")
     width_range = tuple(width_range or ARCHES[arch])
+    if not (len(width_range) == 2 and 0 < width_range[0] <= width_range[1]):
+        raise ConfigError(f"--width-range must be LO,HI with 0 < LO <= HI, got "
+                          f"{','.join(f'{w:g}' for w in width_range)}")
     out = Path(out)
     from .run import held_run_files
 

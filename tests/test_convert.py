@@ -181,3 +181,10 @@ def test_conversion_never_writes_into_a_folder_holding_a_run(tmp_path):
         convert_official(tmp_path / "scaled.pt", "mobilenet_v1", held, width_range=(0.25, 1.0))
     assert [p.name for p in held.iterdir()] == ["checkpoint.pt"]
     assert run_dir.is_dir()
+
+
+def test_a_reversed_width_range_names_the_option(tmp_path):
+    with pytest.raises(ConfigError, match=r"--width-range must be LO,HI with 0 < LO <= HI, got "
+                                          r"1,0.25"):
+        convert_official(tmp_path / "x.pt", "mobilenet_v1", tmp_path / "run",
+                         width_range=(1.0, 0.25))

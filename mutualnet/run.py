@@ -151,7 +151,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
                               f"train it first")
     _check_meta(meta, source, config)
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        from .train.distributed import resolve_device
+
+        device = resolve_device(str(device))
     try:
         model = build_task_model(meta.get("task", "classification"), meta["model"],
                                  num_classes=meta["num_classes"], in_chans=meta["in_chans"],

@@ -213,6 +213,12 @@ def test_adaptive_models_of_one_run_keep_their_own_configurations(run_dir):
     assert served.active is None  # no longer a row of the table
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_loading_on_a_missing_gpu_is_one_config_error(run_dir):
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        AdaptiveModel.load(run_dir, "cuda")
+
+
 def test_adaptive_model_follows_to_and_takes_any_float_input(run_dir):
     m = AdaptiveModel.load(run_dir)
     x = torch.randn(2, 3, 16, 16)

@@ -103,9 +103,9 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
             if key not in row:
                 return f"row {n} lacks {key}"
         for key, value in row.items():
-            if (key in ("width", "resolution", "mmacs", metric) or key.startswith("latency_ms")
-                    or key in ("frames", "params")) and not (
-                    number(value) or (key == "frames" and value is None)):
+            numeric = key in ("width", "resolution", "mmacs", "params_m", metric) \
+                or key.startswith("latency_ms") or (key == "frames" and value is not None)
+            if numeric and not number(value):
                 return f"row {n} has {key} {value!r}, not a number"
         for key in ("resolution", "frames"):
             if row.get(key) is not None and not whole(row[key]):

@@ -482,6 +482,8 @@ def test_training_an_evaluated_run_further_removes_its_stale_table(run_copy):
     ([{"width": 1, "resolution": 16, "mmacs": 0.1}], "row 1 has no metric"),
     ([{"width": 1, "resolution": 16.0, "top1": 5, "mmacs": 0.1}],
      "row 1 has resolution 16.0, not a whole number"),
+    ([{"width": 1, "resolution": 16, "top1": 5, "mmacs": 0.1, "params_m": "x"}],
+     "row 1 has params_m 'x', not a number"),
 ])
 def test_select_on_a_damaged_grid_is_one_line(run_copy, rows, needle):
     (run_copy / "grid.json").write_text(json.dumps(rows))

@@ -23,7 +23,6 @@ _EXTRACTING = threading.RLock()
 _ACTIVE: Any = object()
 
 
-
 class SlimmableModel(nn.Module):
     """A network that runs at any width in ``width_range``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ class Run:
         if config.resolution is None:
             raise ConfigError(f"a configuration needs a resolution (this run was trained at "
                               f"{trained})")
+        for name, value in (("resolution", config.resolution), ("frames", config.frames)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral)):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
         if config.resolution < MIN_RESOLUTION:
             raise ConfigError(f"resolution {config.resolution} is too small: give at least "
                               f"{MIN_RESOLUTION} pixels (this run was trained at {trained})")

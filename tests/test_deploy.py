@@ -179,6 +179,8 @@ def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
     with pytest.raises(ConfigError, match=r"use takes a Config or \(width, resolution\), "
                                           r"got 'big'"):
         m.use("big")
+    with pytest.raises(ConfigError, match=r"resolution must be a whole number, got '12'"):
+        m.use((0.5, "12"))
     rows = [{"width": 0.5, "resolution": 12, "mmacs": 1.0, "top1": 50.0}]
     with pytest.raises(ConfigError, match=r"the budget must be a positive number, got '1.0'"):
         select(rows, max_mmacs="1.0")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MutualNetError
+from .space import is_count
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
@@ -92,9 +93,6 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
     metric = next((m for m in METRICS if m in rows[0]), None)
     for n, row in enumerate(rows, 1):
         if metric is None or metric not in row:
@@ -108,7 +106,7 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
             if numeric and not number(value):
                 return f"row {n} has {key} {value!r}, not a number"
         for key in ("resolution", "frames"):
-            if row.get(key) is not None and not whole(row[key]):
+            if row.get(key) is not None and not is_count(row[key]):
                 return f"row {n} has {key} {row[key]!r}, not a whole number"
     return None
 

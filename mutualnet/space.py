@@ -33,6 +33,11 @@ class Config:
         return "_".join(parts)
 
 
+def is_count(value: Any) -> bool:
+    """Whether ``value`` is a plain positive int (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def whole(name: str, value: Any, what: str) -> int | None:
     """``value`` as a positive int (None stays None, a whole float is taken); a
     :class:`ConfigError` saying it must be ``what`` otherwise."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError, UnknownModelError
 from ..nn.model import SlimmableModel
+from ..space import is_count
 
 __all__ = ["register_model", "register_variant", "create_model", "list_models", "model_options"]
 
@@ -60,15 +61,12 @@ def create_model(name: str, **kwargs) -> SlimmableModel:
 def check_rows(option: str, rows: Any, fields: tuple[str, ...]) -> list[tuple[int, ...]]:
     """``rows`` of a model option (e.g. MobileNetV2's ``block_setting``), each as many positive
     whole numbers as ``fields`` names; a ValueError naming the bad row otherwise."""
-    def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
     if not isinstance(rows, (list, tuple)) or not rows:
         raise ValueError(f"{option} must be a non-empty list of [{', '.join(fields)}] rows, "
                          f"got {rows!r}")
     for row in rows:
         if not (isinstance(row, (list, tuple)) and len(row) == len(fields)
-                and all(map(whole, row))):
+                and all(map(is_count, row))):
             raise ValueError(f"{option} row {row!r} needs {len(fields)} positive whole numbers "
                              f"[{', '.join(fields)}]")
     return [tuple(row) for row in rows]

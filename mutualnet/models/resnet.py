@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..nn import Dim, SlimmableModel, classifier_head, conv_bn
+from ..space import is_count
 from .registry import register_variant
 
 STAGE_PLANES = (64, 128, 256, 512)
@@ -83,8 +84,7 @@ class ResNet(SlimmableModel):
             raise ConfigError(f"unknown ResNet block {block!r}; use 'basic' or 'bottleneck'")
         block_cls = _BLOCKS[block]
         if not (isinstance(layers, (list, tuple)) and len(layers) == len(STAGE_PLANES)
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
-                        for n in layers)):
+                and all(map(is_count, layers))):
             raise ValueError(f"layers must be {len(STAGE_PLANES)} positive whole numbers (blocks "
                              f"per stage), got {layers!r}")
         w = self.max_width

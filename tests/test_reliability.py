@@ -538,8 +538,8 @@ def test_calibration_reports_the_batches_it_had(run_copy):
 
 
 def test_the_log_holds_each_step_once_after_a_crash_and_a_resume(run_copy, recipe, tmp_path):
-    """Lines written after the checkpoint a run resumes from (the steps it will train again)
-    and a line torn by a crash are dropped; a new training in a folder of a failed attempt
+    """Lines written after the checkpoint a run resumes from (the steps it will train again),
+    the done record of the leg it goes on from, and a line torn by a crash are dropped; a new training in a folder of a failed attempt
     starts a new log."""
     with open(run_copy / "log.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "step": 3, "loss_full": 99.0}) + "\n")
@@ -550,6 +550,8 @@ def test_the_log_holds_each_step_once_after_a_crash_and_a_resume(run_copy, recip
     train_lines = [r for r in read_log(run_copy) if r["kind"] == "train"]
     assert [r["step"] for r in train_lines] == [2, 3]
     assert train_lines[-1]["loss_full"] != 99.0
+    # the first leg's end is not the run's: one done record, as an uninterrupted run has
+    assert [r["step"] for r in read_log(run_copy) if r["kind"] == "done"] == [3]
     failed = tmp_path / "failed"
     failed.mkdir()
     (failed / "log.jsonl").write_text(json.dumps({"kind": "train", "step": 1}) + "\n")

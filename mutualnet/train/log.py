@@ -15,7 +15,8 @@ LOG = "log.jsonl"
 class RunLog:
     """Appends records to the run's log. Opening it keeps only the records of steps up to
     ``keep_until`` (the step training starts from): the steps a resumed run trains again,
-    a failed earlier attempt's, and a line torn by a crash are dropped."""
+    a failed earlier attempt's, the done record of the leg it goes on from, and a line torn
+    by a crash are dropped."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, keep_until: int = 0) -> None:
         self.enabled = enabled
@@ -24,8 +25,10 @@ class RunLog:
         if enabled and self.path.exists():
             from .checkpoint import atomic_write_bytes
 
+            # a resumed run goes on past the end of the leg it resumes: its done record goes
             kept = [r for r in read_log(run_dir)
-                    if isinstance(r.get("step"), int) and r["step"] <= keep_until]
+                    if isinstance(r.get("step"), int) and r["step"] <= keep_until
+                    and r.get("kind") != "done"]
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         if enabled:
             try:

@@ -67,8 +67,10 @@ class DataConfig:
 
     ``format``: fashion_mnist, mnist, idx (a folder of IDX files), cifar10, cifar100,
     image_folder (one sub-folder per class, with ``train``/``val`` splits) or synthetic.
-    ``augment``: ``shift`` (random translation by up to ``shift`` pixels, for small images),
-    ``resized_crop`` (ImageNet-style random resized crop with ``crop_scale``) or ``none``.
+    ``augment``: ``shift`` (random translation by up to ``shift`` pixels, for small images;
+    ``shift_pad`` ``zeros`` or ``reflect`` fills the pixels from outside), ``resized_crop``
+    (ImageNet-style random resized crop with ``crop_scale``) or ``none``. ``color_jitter``
+    j > 0 scales brightness, contrast and saturation by factors in [1 - j, 1 + j] (training).
     Video (``video_folder``: ``train``/``val`` splits of class folders of video files;
     ``synthetic_motion``: built-in motions of Fashion-MNIST items): a clip is ``max(space.frames)``
     frames ``frame_stride`` apart; evaluation averages ``eval_clips`` clips per video.
@@ -78,7 +80,9 @@ class DataConfig:
     root: str | None = None
     augment: str = "shift"
     shift: int = 2
+    shift_pad: str = "zeros"
     hflip: bool = True
+    color_jitter: float = 0.0
     crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_crop_ratio: float = 0.875
     mean: list[float] | None = None
@@ -164,6 +168,11 @@ class RunConfig:
         if self.data.augment not in ("shift", "resized_crop", "none"):
             raise ConfigError("data.augment must be shift, resized_crop or none, "
                               f"got {self.data.augment!r}")
+        if self.data.shift_pad not in ("zeros", "reflect"):
+            raise ConfigError(f"data.shift_pad must be zeros or reflect, "
+                              f"got {self.data.shift_pad!r}")
+        if not 0 <= self.data.color_jitter < 1:
+            raise ConfigError(f"data.color_jitter must be in [0, 1), got {self.data.color_jitter}")
         if self.train.mode not in MODES:
             raise ConfigError(f"train.mode must be one of {', '.join(MODES)}, "
                               f"got {self.train.mode!r}")
@@ -207,6 +216,8 @@ class RunConfig:
         if not dense and self.data.format in DENSE_DATA_FORMATS:
             raise ConfigError(f"data.format {self.data.format} holds boxes and masks; set "
                               f"task: detection or task: segmentation")
+        if dense and self.data.color_jitter:
+            raise ConfigError(f"data.color_jitter is not available for {self.task}; remove it")
         if dense and self.data.augment != "none":
             raise ConfigError(f"data.augment {self.data.augment} is not available for "
                               f"{self.task}; set data.augment: none (data.hflip flips images, "

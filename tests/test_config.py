@@ -29,6 +29,13 @@ def test_official_hyperparameters_are_in_the_recipes():
     wrn = load_config(root / "cifar/wide_resnet28_10.yaml")
     assert (wrn.optim.lr, wrn.optim.weight_decay, wrn.train.epochs) == (0.1, 5e-4, 200)
     assert wrn.space.resolutions == [32, 28, 24, 20]
+    # the official CIFAR pipeline: every parameter decayed, reflect padding, CIFAR-10 statistics
+    assert not wrn.optim.no_decay_bn_bias_depthwise
+    assert (wrn.data.shift, wrn.data.shift_pad) == (4, "reflect")
+    assert wrn.data.mean == pytest.approx([125.3 / 255, 123.0 / 255, 113.9 / 255], abs=1e-4)
+    assert wrn.data.std == pytest.approx([63.0 / 255, 62.1 / 255, 66.7 / 255], abs=1e-4)
+    # the official ImageNet pipeline's ColorJitter(0.4) (brightness, contrast, saturation)
+    assert v1.data.color_jitter == v2.data.color_jitter == r50.data.color_jitter == 0.4
 
 
 def test_unknown_key_suggests_the_closest(tmp_path):
@@ -55,6 +62,13 @@ def test_bad_values_are_rejected():
         load_config(None, ["space.width_range=[1.0, 0.5]"])
     with pytest.raises(ConfigError, match="train.mode"):
         load_config(None, ["train.mode=magic"])
+    with pytest.raises(ConfigError, match="data.shift_pad must be zeros or reflect"):
+        load_config(None, ["data.shift_pad=edge"])
+    with pytest.raises(ConfigError, match=r"data.color_jitter must be in \[0, 1\)"):
+        load_config(None, ["data.color_jitter=1.2"])
+    with pytest.raises(ConfigError, match="data.color_jitter is not available for detection"):
+        load_config(None, ["task=detection", "data.format=scenes", "data.augment=none",
+                           "data.color_jitter=0.4"])
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -25,7 +25,8 @@ from mutualnet.config import DataConfig
 from mutualnet.data import DataInfo, EvalTransform, TrainTransform, build_datasets
 from mutualnet.data import cifar as cifar_mod
 from mutualnet.data import idx as idx_mod
-from mutualnet.errors import DataError, MutualNetError
+from mutualnet.data.transforms import _shift
+from mutualnet.errors import ConfigError, DataError, MutualNetError
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
@@ -657,6 +658,71 @@ def test_shift_is_a_zero_filled_translation_of_at_most_shift_pixels():
         assert matches, "output is not a shifted (and maybe flipped) copy"
         seen.add(matches[0])
     assert len(seen) == 50  # every shift, flipped and not
+
+
+def _reflect_shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    s = max(abs(dy), abs(dx), 1)
+    padded = torch.nn.functional.pad(img.float()[None], (s, s, s, s), mode="reflect")[0]
+    h, w = img.shape[-2:]
+    return padded[..., s + dy:s + dy + h, s + dx:s + dx + w].to(img.dtype)
+
+
+def test_reflect_shift_is_a_crop_of_the_reflect_padded_image():
+    """shift_pad: reflect is the CIFAR recipe's augmentation: reflect-pad by ``shift`` pixels,
+    then a random crop back to the image size."""
+    img = torch.randint(0, 256, (3, 9, 9), dtype=torch.uint8)
+    tf = TrainTransform(9, [0.0] * 3, [1.0] * 3, augment="shift", shift=2, hflip=True,
+                        shift_pad="reflect")
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(300):
+        out = (tf(img) * 255).round().to(torch.uint8)
+        matches = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in (0, 1)
+                   if torch.equal(out, _reflect_shifted(img, dy, dx).flip(-1) if f
+                                  else _reflect_shifted(img, dy, dx))]
+        assert matches, "output is not a crop of the reflect-padded (and maybe flipped) image"
+        seen.add(matches[0])
+    assert len(seen) == 50
+    with pytest.raises(ConfigError, match="data.shift_pad must be one of zeros, reflect"):
+        TrainTransform(9, [0.0], [1.0], shift_pad="edge")
+    # a shift past the border reflects again (F.pad refuses a pad as large as the image)
+    line = torch.arange(4, dtype=torch.uint8).view(1, 1, 4)
+    assert _shift(line, 0, 5, "reflect").tolist() == [[[1, 0, 1, 2]]]
+
+
+def _blend(a: torch.Tensor, b, factor: float) -> torch.Tensor:
+    return (factor * a + (1 - factor) * b).clamp(0, 255)
+
+
+def test_color_jitter_scales_brightness_contrast_and_saturation_in_a_random_order():
+    img = torch.randint(0, 256, (3, 6, 6), dtype=torch.uint8)
+    tf = TrainTransform(6, [0.0] * 3, [1.0] * 3, augment="none", hflip=False, color_jitter=0.4)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    outs = []
+    torch.manual_seed(5)
+    for _ in range(20):
+        state = torch.get_rng_state()
+        out = tf(img) * 255
+        torch.set_rng_state(state)
+        order, factors = torch.randperm(3).tolist(), (1 + 0.4 * (2 * torch.rand(3) - 1)).tolist()
+        x = img.float()
+        for op in order:
+            gray = (x * luma).sum(0, keepdim=True)
+            x = (_blend(x, 0.0, factors[0]) if op == 0 else
+                 _blend(x, gray.mean(), factors[1]) if op == 1 else _blend(x, gray, factors[2]))
+        assert torch.allclose(out, x, atol=1e-3)
+        torch.set_rng_state(state)
+        tf(img)  # the generator moves on exactly as it did
+        outs.append(out)
+    assert len({o.sum().item() for o in outs}) == 20
+    gray_img = torch.randint(0, 256, (1, 6, 6), dtype=torch.uint8)
+    gray_tf = TrainTransform(6, [0.0], [1.0], augment="none", hflip=False, color_jitter=0.4)
+    torch.manual_seed(1)
+    assert not torch.equal(gray_tf(gray_img), EvalTransform(6, [0.0], [1.0])(gray_img))
+    plain = TrainTransform(6, [0.0] * 3, [1.0] * 3, augment="none", hflip=False)
+    assert torch.equal(plain(img), EvalTransform(6, [0.0] * 3, [1.0] * 3)(img))
+    with pytest.raises(ConfigError, match=r"data.color_jitter must be in \[0, 1\)"):
+        TrainTransform(6, [0.0], [1.0], color_jitter=1.5)
 
 
 @pytest.mark.parametrize("augment", ["shift", "resized_crop", "none"])

@@ -88,10 +88,15 @@ def _stats(cfg: DataConfig, channels: int) -> tuple[list[float], list[float]]:
     return out[0], out[1]
 
 
+def augmentation(cfg: DataConfig) -> dict:
+    """The training transforms' keyword arguments from the data section."""
+    return {"augment": cfg.augment, "shift": cfg.shift, "shift_pad": cfg.shift_pad,
+            "hflip": cfg.hflip, "crop_scale": cfg.crop_scale, "color_jitter": cfg.color_jitter}
+
+
 def _tensor_transforms(cfg: DataConfig, image_size: int, mean: list[float],
                        std: list[float]) -> tuple[TrainTransform, EvalTransform]:
-    train = TrainTransform(image_size, mean, std, augment=cfg.augment, shift=cfg.shift,
-                           hflip=cfg.hflip, crop_scale=cfg.crop_scale)
+    train = TrainTransform(image_size, mean, std, **augmentation(cfg))
     return train, EvalTransform(image_size, mean, std)
 
 
@@ -203,8 +208,7 @@ def build_datasets(cfg: DataConfig, image_size: int, task: str = "classification
     if fmt == "image_folder":
         root = _need_root(cfg, "a folder holding train/<class>/<images> and val/<class>/<images>")
         mean, std = _stats(cfg, 3)
-        train_tf = ImageTrainTransform(image_size, mean, std, augment=cfg.augment,
-                                       shift=cfg.shift, hflip=cfg.hflip, crop_scale=cfg.crop_scale)
+        train_tf = ImageTrainTransform(image_size, mean, std, **augmentation(cfg))
         val_tf = ImageEvalTransform(image_size, mean, std, crop_ratio=cfg.eval_crop_ratio)
         train = ImageFolderDataset(root / "train", train_tf, skip_bad_files=cfg.skip_bad_files)
         val = ImageFolderDataset(root / "val", val_tf, classes=train.classes,

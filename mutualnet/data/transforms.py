@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 AUGMENTS = ("shift", "resized_crop", "none")
+SHIFT_PADS = ("zeros", "reflect")
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
+# ITU-R 601-2 luma, the weights of Pillow's convert("L")
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _check_size(image_size: int) -> int:
@@ -65,7 +68,11 @@ class _Normalize:
         size = self.image_size
         if x.shape[-2] != size or x.shape[-1] != size:
             x = _resize(x, size)
-        return x.mul_(self._scale).sub_(self._bias)
+        return self._adjust(x).mul_(self._scale).sub_(self._bias)
+
+    def _adjust(self, x: torch.Tensor) -> torch.Tensor:
+        """Photometric changes of a float image in 0..255 before normalisation (none here)."""
+        return x
 
     def _check_channels(self, img: torch.Tensor) -> None:
         if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != len(self.mean):
@@ -82,14 +89,27 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return out if x.dim() == 4 else out.squeeze(0)
 
 
-def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate by (dy, dx) pixels, filling with zeros: ``out[y, x] = img[y + dy, x + dx]``.
+def _reflected(n: int, offset: int) -> torch.Tensor:
+    """Indices ``i + offset`` for ``i < n``, reflected at the borders without repeating the
+    edge (as ``F.pad(mode="reflect")``, also for offsets past the border)."""
+    if n == 1:
+        return torch.zeros(1, dtype=torch.long)
+    period = 2 * (n - 1)
+    i = (torch.arange(n) + offset) % period
+    return torch.where(i < n, i, period - i)
 
-    The same as padding by ``max|d|`` zeros and cropping back at an offset.
+
+def _shift(img: torch.Tensor, dy: int, dx: int, pad: str = "zeros") -> torch.Tensor:
+    """Translate by (dy, dx) pixels: ``out[y, x] = img[y + dy, x + dx]``, the pixels from
+    outside filled with zeros or, for ``pad="reflect"``, the image reflected at its border.
+
+    The same as padding by ``max|d|`` pixels and cropping back at an offset.
     """
     if dy == 0 and dx == 0:
         return img
     h, w = img.shape[-2:]
+    if pad == "reflect":
+        return img.index_select(-2, _reflected(h, dy)).index_select(-1, _reflected(w, dx))
     out = torch.zeros_like(img)
     if abs(dy) >= h or abs(dx) >= w:
         return out
@@ -130,11 +150,18 @@ def _resized_crop_box(height: int, width: int, scale: Sequence[float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _check_augment(augment: str, shift: int, crop_scale: Sequence[float]) -> None:
+def _check_augment(augment: str, shift: int, crop_scale: Sequence[float], shift_pad: str,
+                   color_jitter: float) -> None:
     if augment not in AUGMENTS:
         raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
         raise ConfigError(f"data.shift must be an integer >= 0, got {shift!r}")
+    if shift_pad not in SHIFT_PADS:
+        raise ConfigError(f"data.shift_pad must be one of {', '.join(SHIFT_PADS)}, "
+                          f"got {shift_pad!r}")
+    if isinstance(color_jitter, bool) or not isinstance(color_jitter, (int, float)) \
+            or not 0 <= color_jitter < 1:
+        raise ConfigError(f"data.color_jitter must be in [0, 1), got {color_jitter!r}")
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]:
         raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi, "
                           f"got {list(crop_scale)}")
@@ -143,21 +170,31 @@ def _check_augment(augment: str, shift: int, crop_scale: Sequence[float]) -> Non
 class TrainTransform(_Normalize):
     """Training augmentation for a ``uint8 [C, H, W]`` tensor; returns normalised float32.
 
-    ``shift``: random translation by up to ``shift`` pixels (zero fill), ``resized_crop``: random
-    resized crop (area ``crop_scale``, aspect 3/4..4/3) to ``image_size``, ``none``: nothing;
-    then a horizontal flip with p=0.5 when ``hflip``, a bilinear antialiased resize to
-    ``image_size`` when the size still differs, and normalisation.
+    ``shift``: random translation by up to ``shift`` pixels (the pixels from outside zeros, or the
+    image reflected at its border with ``shift_pad="reflect"``: a random crop of the
+    reflect-padded image), ``resized_crop``: random resized crop (area ``crop_scale``, aspect
+    3/4..4/3) to ``image_size``, ``none``: nothing; then a horizontal flip with p=0.5 when
+    ``hflip``, a bilinear antialiased resize to ``image_size`` when the size still differs,
+    ``color_jitter`` when it is above 0, and normalisation.
+
+    ``color_jitter`` j: brightness, contrast and saturation, in a random order, each scaled by
+    its own factor drawn uniformly from [1 - j, 1 + j]: the image blended with black, with the
+    mean of its grey version, and with its grey version (ITU-R 601-2 luma; saturation leaves
+    one-channel images as they are), clamped to 0..255 after each.
     """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], *,
                  augment: str = "shift", shift: int = 2, hflip: bool = True,
-                 crop_scale: Sequence[float] = (0.08, 1.0)):
+                 crop_scale: Sequence[float] = (0.08, 1.0), shift_pad: str = "zeros",
+                 color_jitter: float = 0.0):
         super().__init__(image_size, mean, std)
-        _check_augment(augment, shift, crop_scale)
+        _check_augment(augment, shift, crop_scale, shift_pad, color_jitter)
         self.augment = augment
         self.shift = shift
         self.hflip = bool(hflip)
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.shift_pad = shift_pad
+        self.color_jitter = float(color_jitter)
 
     def augment_uint8(self, img: torch.Tensor) -> torch.Tensor:
         """The random geometry alone (uint8 in, uint8 out; may share memory with ``img``)."""
@@ -173,7 +210,7 @@ class TrainTransform(_Normalize):
             n = 2 * s + 1
             r = int(torch.randint(0, n * n * 2, ()).item())
             flip, r = r & 1, r >> 1
-            img = _shift(img, r // n - s, r % n - s)
+            img = _shift(img, r // n - s, r % n - s, self.shift_pad)
             if self.hflip and flip:
                 img = img.flip(-1)
             return img
@@ -181,13 +218,40 @@ class TrainTransform(_Normalize):
             img = img.flip(-1)
         return img
 
+    def _adjust(self, x: torch.Tensor) -> torch.Tensor:
+        j = self.color_jitter
+        if j == 0:
+            return x
+        order = torch.randperm(3).tolist()
+        factors = (1 + j * (2 * torch.rand(3) - 1)).tolist()
+        channels = x.shape[-3]
+        luma = torch.tensor(_LUMA if channels == 3 else (1.0,) * channels,
+                            dtype=x.dtype).view(channels, 1, 1) / (1.0 if channels == 3
+                                                                    else channels)
+        for op in order:
+            factor = factors[op]
+            if op == 0:  # brightness: toward black
+                x = x.mul(factor)
+            else:
+                gray = (x * luma).sum(-3, keepdim=True)
+                if op == 1:  # contrast: toward the mean grey level
+                    target = gray.mean(dim=(-3, -2, -1), keepdim=True)
+                elif channels == 3:  # saturation: toward the grey image
+                    target = gray
+                else:
+                    continue
+                x = x.mul(factor).add_(target, alpha=1 - factor)
+            x = x.clamp_(0, 255)
+        return x
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         self._check_channels(img)
         return self._finish(self.augment_uint8(img))
 
     def __repr__(self) -> str:
         return (f"TrainTransform(image_size={self.image_size}, augment={self.augment!r}, "
-                f"shift={self.shift}, hflip={self.hflip}, crop_scale={self.crop_scale}, "
+                f"shift={self.shift}, shift_pad={self.shift_pad!r}, hflip={self.hflip}, "
+                f"crop_scale={self.crop_scale}, color_jitter={self.color_jitter}, "
                 f"mean={self.mean}, std={self.std})")
 
 

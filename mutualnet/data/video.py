@@ -292,14 +292,13 @@ def build_video_datasets(cfg: DataConfig, image_size: int, frames: int | None,
                          mean: list[float], std: list[float],
                          ) -> tuple[Dataset, Dataset, DataInfo]:
     """Train and val clip datasets of a video format (see :func:`~.build.build_datasets`)."""
-    from .build import DataInfo
+    from .build import DataInfo, augmentation
     from .motion import MOTION_CLASSES, MOTION_FRAMES, MOTION_TRAIN, MOTION_VAL, make_motion_videos
 
     if frames is None:
         raise ConfigError(f"data.format {cfg.format} gives clips: set space.frames, e.g. [8, 4]")
     sampler = ClipSampler(frames, cfg.frame_stride, cfg.eval_clips)
-    train_tf = ClipTrainTransform(image_size, mean, std, augment=cfg.augment, shift=cfg.shift,
-                                  hflip=cfg.hflip, crop_scale=cfg.crop_scale)
+    train_tf = ClipTrainTransform(image_size, mean, std, **augmentation(cfg))
     val_tf = ClipEvalTransform(image_size, mean, std, crop_ratio=cfg.eval_crop_ratio)
     if cfg.format == "synthetic_motion":
         if sampler.span > MOTION_FRAMES:

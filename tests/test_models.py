@@ -123,6 +123,12 @@ def test_initialisation_follows_the_official_code():
     assert abs(conv.weight.std().item() - (2 / 1280) ** 0.5) < 3e-3
     bn = model.features[-1][1]
     assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and bn.bias.abs().sum() == 0
+    # the official Wide ResNet keeps PyTorch's default classifier weights: U(+-1/sqrt(fan_in))
+    wrn = create_model("wide_resnet28_10", num_classes=100, width_range=(0.9, 1.0))
+    fc = wrn.head[-1]
+    bound = fc.in_features ** -0.5
+    assert fc.weight.abs().max().item() <= bound and fc.bias.abs().sum() == 0
+    assert abs(fc.weight.std().item() - bound / 3 ** 0.5) < 0.05 * bound
 
 
 def test_subnet_carries_the_configurations_calibrated_statistics():

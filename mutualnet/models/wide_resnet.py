@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -66,6 +68,10 @@ class WideResNet(SlimmableModel):
         self.features = nn.Sequential(*layers)
         self.head = classifier_head(channels, num_classes, max_width=w)
         self._finish()
+        # the official Wide ResNet leaves its classifier's weights at PyTorch's default
+        fc = self.head[-1]
+        nn.init.kaiming_uniform_(fc.weight, a=math.sqrt(5))
+        nn.init.zeros_(fc.bias)
 
 
 register_variant("wide_resnet28_10", WideResNet, depth=28, widen_factor=10)

@@ -40,7 +40,7 @@ BATCHES, BATCH = 16, 128
 
 
 @torch.no_grad()
-def official_recalibration(model, batches, config) -> None:
+def official_recalibration(model, batches, config, antialias: bool = False) -> None:
     """The official recalibration of one configuration, on the slimmable model itself: every
     BN layer's running statistics reset, then the batches run through the model at that
     configuration with BN normalising by batch statistics and accumulating the cumulative
@@ -61,7 +61,7 @@ def official_recalibration(model, batches, config) -> None:
     try:
         for batch in batches:
             count[0] += 1
-            model(to_config(batch, config))
+            model(to_config(batch, config, antialias))
     finally:
         for bn in bns:
             del bn.forward
@@ -84,12 +84,12 @@ def official(run, configs, train_set, val_set, task, device):
                             sampler=EpochOrder(len(train_set), BATCH, cfg.train.seed, -1, 0),
                             num_workers=cfg.data.num_workers, generator=torch.Generator())
         batches = [images.to(device) for images, _ in itertools.islice(loader, BATCHES)]
-        official_recalibration(model, batches, config)
+        official_recalibration(model, batches, config, run.space.antialias)
         correct = total = 0
         with torch.no_grad():
             for images, labels in DataLoader(val_set, batch_size=256,
                                              num_workers=cfg.data.num_workers):
-                output = model(to_config(images.to(device), config))
+                output = model(to_config(images.to(device), config, run.space.antialias))
                 correct += int((output.argmax(1) == labels.to(device)).sum())
                 total += labels.shape[0]
         rows.append({"top1": 100.0 * correct / total})
@@ -105,10 +105,10 @@ def ours(run, configs, train_set, val_set, task, device):
                                   cfg.data.num_workers, device, cfg.train.channels_last)
     networks: dict = {}
     calibrate(run.model, batches, configs, channels_last=cfg.train.channels_last,
-              networks=networks)
+              networks=networks, antialias=run.space.antialias)
     loader = evaluation_loader(val_set, 256, cfg.data.num_workers, device)
     return evaluate(run.model, loader, configs, task, device, cfg.train.channels_last,
-                    networks=networks)
+                    networks=networks, antialias=run.space.antialias)
 
 
 def main() -> None:

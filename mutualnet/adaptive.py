@@ -102,4 +102,5 @@ class AdaptiveModel(nn.Module):
                     f"--resolutions {config.resolution}{frames}`")
             net = self._nets[config] = static_network(
                 self.model, config, self.run.config.train.channels_last)
-        return net(to_config(images.to(like.device, like.dtype), config))
+        return net(to_config(images.to(like.device, like.dtype), config,
+                             self.run.config.space.antialias))

@@ -29,11 +29,12 @@ def calibrate(
     channels_last: bool = False,
     threads: int | None = None,
     networks: dict[str, nn.Module] | None = None,
+    antialias: bool = False,
 ) -> list[Config]:
     """Recompute BN statistics of each configuration from the same decoded ``batches``.
 
     The batches are at the largest resolution; each configuration sees them resized on the
-    device. The statistics are the cumulative average over the batches, with BN normalising
+    device (:func:`~mutualnet.space.to_config`, ``antialias`` as the run was trained). The statistics are the cumulative average over the batches, with BN normalising
     by batch statistics as in training, and become the configuration's own (``calibrated``
     of each slimmable BN layer); nothing else about the model changes.
 
@@ -86,7 +87,7 @@ def calibrate(
         if memory_format is not None:
             twin = twin.to(memory_format=memory_format)
         for batch in batches:
-            twin(to_config(batch, config))
+            twin(to_config(batch, config, antialias))
         statistics[i] = {name: (bns[name].running_mean, bns[name].running_var)
                          for name in slim}
         if networks is not None:
@@ -150,7 +151,8 @@ def calibrate_run(
                                cfg.train.seed, cfg.data.num_workers, run.device,
                                cfg.train.channels_last)
     calibrate(run.model, data, configs, progress=progress,
-              channels_last=cfg.train.channels_last, networks=networks)
+              channels_last=cfg.train.channels_last, networks=networks,
+              antialias=run.space.antialias)
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)
     run.save()

@@ -59,6 +59,9 @@ class SpaceConfig:
     frames: list[int] | None = None
     num_random: int = 2
     smallest_at_lowest: bool = False
+    #: resize each configuration's images with the data pipeline's antialiased filter instead
+    #: of the official code's plain bilinear (align_corners=True) resize
+    antialias: bool = False
 
 
 @dataclass

@@ -29,9 +29,10 @@ def evaluate(
     all_reduce=None,
     threads: int | None = None,
     networks: Mapping[str, torch.nn.Module] | None = None,
+    antialias: bool = False,
 ) -> list[dict]:
-    """Each batch is decoded once, resized once per resolution and run through every
-    configuration.
+    """Each batch is decoded once, resized once per resolution (as the run was trained:
+    :func:`~mutualnet.space.to_config`, ``antialias``) and run through every configuration.
 
     Each configuration runs as its inference network (:func:`static_network`: extracted, batch
     norm folded into the convolutions, activations in place), the same function as the
@@ -64,7 +65,7 @@ def evaluate(
             resized: dict[tuple, Tensor] = {}
             for view, config in zip(views, configs):
                 if view not in resized:
-                    resized[view] = to_config(images, config)
+                    resized[view] = to_config(images, config, antialias)
 
             def run(i: int, resized=resized, labels=labels, clips=clips) -> None:
                 if nets[i] is None:
@@ -168,7 +169,7 @@ def evaluate_run(
                       leave=False, disable=None)
     task = build_task(cfg)
     rows = evaluate(run.model, loader, configs, task, run.device, cfg.train.channels_last,
-                    networks=networks)
+                    networks=networks, antialias=run.space.antialias)
     model = run.model
     for row, config in zip(rows, configs):
         macs, params = count_macs(model, config.resolution, width=config.width,

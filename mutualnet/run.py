@@ -45,7 +45,8 @@ class Run:
     def space(self) -> Space:
         s = self.config.space
         return Space(tuple(self.meta["width_range"]), tuple(s.resolutions),
-                     tuple(s.frames) if s.frames else None, s.num_random, s.smallest_at_lowest)
+                     tuple(s.frames) if s.frames else None, s.num_random, s.smallest_at_lowest,
+                     s.antialias)
 
     def owns(self, path: Path) -> bool:
         """Whether ``path`` is (or would become) one of the run's own files."""

@@ -62,6 +62,7 @@ class Space:
     width and ``num_random`` uniformly random widths. Every configuration but the full one
     draws its resolution (and frame count) uniformly from the whole list, as the official
     code does; ``smallest_at_lowest`` pins the smallest width to the lowest resolution instead.
+    ``antialias``: how every configuration's images are resized (see :func:`to_config`).
     Sampling depends only on ``(seed, step)``, so it is reproducible, identical on every
     process of a distributed run, and unchanged by a resume.
     """
@@ -71,6 +72,7 @@ class Space:
     frames: tuple[int, ...] | None = None
     num_random: int = 2
     smallest_at_lowest: bool = False
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width_range", tuple(float(w) for w in self.width_range))
@@ -119,9 +121,13 @@ def channels_last(dims: int) -> torch.memory_format:
     return torch.channels_last_3d if dims == 5 else torch.channels_last
 
 
-def to_config(images: Tensor, config: Config) -> Tensor:
+def to_config(images: Tensor, config: Config, antialias: bool = False) -> Tensor:
     """The batch as a configuration sees it: bilinear resize on the device (and, for clips
-    ``[N, C, T, H, W]``, temporal subsampling to ``config.frames`` evenly spaced frames)."""
+    ``[N, C, T, H, W]``, temporal subsampling to ``config.frames`` evenly spaced frames).
+
+    The resize is the official code's (``align_corners=True``, no low-pass filter); with
+    ``antialias`` it is the data pipeline's (``align_corners=False``, antialiased), the resize
+    a network trained at that resolution sees its images through."""
     if images.dim() == 5 and config.frames is not None and images.shape[2] != config.frames:
         t = images.shape[2]
         index = torch.linspace(0, t - 1, config.frames, device=images.device).round().long()
@@ -132,6 +138,12 @@ def to_config(images: Tensor, config: Config) -> Tensor:
     if images.dim() == 5:
         n, c, t, h, w = images.shape
         flat = images.transpose(1, 2).reshape(n * t, c, h, w)
-        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=True)
-        return out.reshape(n, t, c, *size).transpose(1, 2)
+        return _resize(flat, size, antialias).reshape(n, t, c, *size).transpose(1, 2)
+    return _resize(images, size, antialias)
+
+
+def _resize(images: Tensor, size: tuple[int, int], antialias: bool) -> Tensor:
+    if antialias:
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                             antialias=True)
     return F.interpolate(images, size=size, mode="bilinear", align_corners=True)

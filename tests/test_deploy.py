@@ -478,3 +478,38 @@ def test_a_row_measured_again_without_latency_keeps_every_latency_column(tmp_pat
     update_results(tmp_path, [{"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.5}])
     [row] = read_grid(tmp_path)
     assert row["top1"] == 90.5 and row["latency_ms"] == 0.5 and row["latency_ms_b32"] == 3.0
+
+
+def test_an_antialiased_run_resizes_so_everywhere(tmp_path, monkeypatch):
+    """A run trained with space.antialias: training, calibration, evaluation and serving
+    all resize with the antialiased filter, and the grid's top-1 is the static network's on
+    antialiased images."""
+    import mutualnet.calibrate as calibrate_mod
+    import mutualnet.train.loop as loop_mod
+    from mutualnet.evaluate import evaluate_run, static_network
+
+    seen = []
+    for module in (loop_mod, calibrate_mod):
+        def spy(images, config, antialias=False, real=module.to_config):
+            seen.append(antialias)
+            return real(images, config, antialias)
+        monkeypatch.setattr(module, "to_config", spy)
+    run_path = tmp_path / "run"
+    train(tiny("train.max_steps=2", "train.validate=false", "space.antialias=true"), run_path)
+    run = load_run(run_path)
+    config = Config(0.5, 12)
+    rows = evaluate_run(run, [config], progress=False)
+    assert seen and all(seen)
+    net = static_network(run.model, config, run.config.train.channels_last)
+    _, val = run.datasets()
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    labels = torch.tensor([val[i][1] for i in range(len(val))])
+    small = to_config(images, config, antialias=True)
+    with torch.no_grad():
+        top1 = (net(small).argmax(1) == labels).float().mean().item() * 100
+    assert rows[0]["top1"] == pytest.approx(top1, abs=1e-6)
+    m = AdaptiveModel.load(run_path)
+    m.use(config)
+    with torch.no_grad():
+        torch.testing.assert_close(m(images[:4]), net(small[:4]), atol=1e-5, rtol=1e-4)
+

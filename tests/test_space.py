@@ -73,6 +73,20 @@ def test_resize_is_bilinear_on_the_batch():
     assert to_config(x, Config(0.5, 32)) is x
 
 
+def test_antialiased_resize_is_the_data_pipelines():
+    """space.antialias: the device resize filters as the data pipeline's resize does, so a
+    configuration sees what a network trained at its resolution sees."""
+    from mutualnet.data.transforms import _resize
+
+    x = torch.rand(2, 3, 28, 28)
+    y = to_config(x, Config(0.5, 16), antialias=True)
+    torch.testing.assert_close(y, torch.stack([_resize(img, 16) for img in x]))
+    assert not torch.allclose(y, to_config(x, Config(0.5, 16)))
+    clip = torch.rand(1, 3, 4, 28, 28)
+    out = to_config(clip, Config(0.5, 16, frames=4), antialias=True)
+    torch.testing.assert_close(out[0, :, 1], _resize(clip[0, :, 1], 16))
+
+
 def test_clips_are_subsampled_in_time():
     clip = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(1, 1, 8, 4, 4)
     out = to_config(clip, Config(1.0, 2, frames=4))

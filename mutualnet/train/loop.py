@@ -88,15 +88,17 @@ def build_space(cfg: RunConfig) -> Space:
     top_frames = (max(frames),) if frames else None
     mode = cfg.train.mode
     if mode == "mutualnet":
-        return Space(s.width_range, res, frames, s.num_random, s.smallest_at_lowest)
+        return Space(s.width_range, res, frames, s.num_random, s.smallest_at_lowest,
+                     s.antialias)
     if mode == "usnet":
-        return Space(s.width_range, (max(res),), top_frames, s.num_random)
+        return Space(s.width_range, (max(res),), top_frames, s.num_random,
+                     antialias=s.antialias)
     hi = s.width_range[1]
     if mode == "independent" and (s.width_range[0] != hi or len(res) != 1 or
                                   (frames and len(frames) != 1)):
         raise ConfigError("train.mode=independent trains one configuration: set "
                           "space.width_range to [w, w] and space.resolutions to [r]")
-    return Space((hi, hi), (max(res),), top_frames, 0)
+    return Space((hi, hi), (max(res),), top_frames, 0, antialias=s.antialias)
 
 
 def build_model(cfg: RunConfig, num_classes: int, in_chans: int) -> SlimmableModel:
@@ -362,7 +364,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                         images = images.contiguous(memory_format=channels_last(images.dim()))
                     losses = _train_step(model, ddp_model, images, labels, configs, task,
                                          optimizer, scaler, amp_dtype, device, dist, step,
-                                         tc.skip_nonfinite, tc.accumulate)
+                                         tc.skip_nonfinite, tc.accumulate, space.antialias)
                     step += 1
                     if bar is not None or step % tc.log_every == 0 or step == stop_step:
                         now = time.time()
@@ -423,7 +425,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
 
 
 def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scaler, amp_dtype,
-                device, dist, step, skip_nonfinite, accumulate) -> dict[str, float]:
+                device, dist, step, skip_nonfinite, accumulate,
+                antialias: bool = False) -> dict[str, float]:
     """One optimizer step over the sandwich; gradients of all passes (and of ``accumulate``
     micro-batches) are summed and synchronised across processes once."""
     optimizer.zero_grad(set_to_none=True)
@@ -443,7 +446,7 @@ def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scal
             sync = contextlib.nullcontext() if (last or not dist.enabled) else ddp_model.no_sync()
             with sync:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    output = ddp_model(to_config(x, config))
+                    output = ddp_model(to_config(x, config, antialias))
                 if i == 0:
                     loss = task.label_loss(output, y)
                     if len(configs) > 1:
@@ -483,13 +486,14 @@ def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, devic
     calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,
                                 cfg.data.num_workers, device, cfg.train.channels_last)
     networks: dict = {}
-    calibrate(model, calib, configs, channels_last=cfg.train.channels_last, networks=networks)
+    calibrate(model, calib, configs, channels_last=cfg.train.channels_last, networks=networks,
+              antialias=space.antialias)
     shard = list(range(dist.rank, len(val_ds), dist.world_size))
     val_loader = evaluation_loader(torch.utils.data.Subset(val_ds, shard), batch,
                                    cfg.data.num_workers, device)
     rows = evaluate(model, val_loader, configs, task, device, cfg.train.channels_last,
                     all_reduce=dist.all_reduce_sum if dist.enabled else None,
-                    networks=networks)
+                    networks=networks, antialias=space.antialias)
     names = ["full", "smallest"]
     out: dict[str, float] = {}
     for name, row in zip(names, rows):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .train.checkpoint import atomic_write_bytes
 __all__ = ["FORMATS", "export_run", "fold_batchnorm", "load_exported", "verify_onnx"]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
+log = logging.getLogger("mutualnet")
 ONNX_TOLERANCE = 1e-4
 
 
@@ -64,7 +66,9 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     if run.meta.get("needs_calibration"):
         raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
                           f"run `mutualnet calibrate {run.path}` first")
+    _warn_untrained(run, config)
     if not run.is_calibrated(config):
+        log.info("calibrating %s (its statistics are saved with the run)", config.key)
         calibrate_run(run, [config], progress=False)
     model = run.model
     static = model.subnet(config.width, config.resolution, config.frames).cpu().eval()
@@ -76,6 +80,15 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     }
     if config.frames is not None:
         info["frames"] = config.frames
+    # what the network takes: images normalised with the run's statistics, at this size
+    info.update(input_shape=["batch", model.in_chans, *frames, config.resolution,
+                             config.resolution],
+                mean=run.meta["mean"], std=run.meta["std"])
+    described = {**info, "task": run.meta.get("task", "classification"),
+                 "class_names": run.meta.get("class_names"),
+                 "input": "float images, (x / 255 - mean) / std per channel, resized to "
+                          "resolution x resolution"}
+    described.pop("file")
     if fmt == "safetensors":
         from safetensors.torch import save
 
@@ -90,7 +103,8 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         static = fold_batchnorm(static)
     if fmt == "torchscript":
         buffer = io.BytesIO()
-        torch.jit.save(torch.jit.script(static), buffer)
+        torch.jit.save(torch.jit.script(static), buffer,
+                       _extra_files={"mutualnet.json": json.dumps(described)})
         atomic_write_bytes(out, buffer.getvalue())
         return info
     try:
@@ -106,8 +120,33 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
                           dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
                           dynamo=False)
         info["max_abs_diff_vs_torch"] = verify_onnx(tmp_path, static, example)
-        atomic_write_bytes(out, tmp_path.read_bytes())
+        atomic_write_bytes(out, _with_metadata(tmp_path, {"mutualnet": json.dumps(described)}))
     return info
+
+
+def _with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
+    """The ONNX model at ``path`` with ``metadata`` added to its metadata_props."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            key: value})
+    return proto.SerializeToString()
+
+
+def _warn_untrained(run, config: Config) -> None:
+    """Warn when a configuration lies outside the resolutions or frame counts trained."""
+    space = run.config.space
+    trained = tuple(space.resolutions)
+    if config.resolution not in trained:
+        log.warning("resolution %d is not among the resolutions the run was trained at (%s); "
+                    "`mutualnet evaluate %s --widths %g --resolutions %d` measures how it "
+                    "does", config.resolution, ", ".join(map(str, trained)), run.path,
+                    config.width, config.resolution)
+    if config.frames is not None and space.frames and config.frames not in space.frames:
+        log.warning("%d frames is not among the frame counts the run was trained at (%s)",
+                    config.frames, ", ".join(map(str, space.frames)))
 
 
 def _check_writable(out: Path, fmt: str) -> None:

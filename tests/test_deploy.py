@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import mutualnet
 from mutualnet import AdaptiveModel
 from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.errors import ConfigError
@@ -243,13 +244,21 @@ def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
     proc = cli("export", run_dir, "--width", "0.7", "--resolution", "12", "--format", "onnx",
                "-o", out)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["max_abs_diff_vs_torch"] <= 1e-4
+    info = json.loads(proc.stdout)
+    assert info["max_abs_diff_vs_torch"] <= 1e-4
     run = load_run(run_dir)
     reference = run.model.subnet(0.7, 12).eval()
     x = torch.randn(3, 3, 12, 12)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     torch.testing.assert_close(got, reference(x).detach(), atol=1e-4, rtol=0)
+    # what the network takes travels with it: in the file and in what export prints
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["mutualnet"])
+    for meta in (info, stored):
+        assert meta["mean"] == run.meta["mean"] and meta["std"] == run.meta["std"]
+        assert meta["input_shape"] == ["batch", 3, 12, 12]
+        assert (meta["width"], meta["resolution"]) == (0.7, 12)
+    assert stored["class_names"] == run.meta["class_names"]
 
 
 def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
@@ -261,9 +270,23 @@ def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
         proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", fmt,
                    "-o", out)
         assert proc.returncode == 0, proc.stderr
-        loaded = torch.jit.load(str(out)) if fmt == "torchscript" else load_exported(out)
+        loaded = torch.jit.load(str(out)) if fmt == "torchscript" else mutualnet.load_exported(out)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)
+    extra = {"mutualnet.json": ""}
+    torch.jit.load(str(tmp_path / "m.torchscript"), _extra_files=extra)
+    stored = json.loads(extra["mutualnet.json"])
+    assert stored["mean"] == run.meta["mean"] and stored["input_shape"] == ["batch", 3, 16, 16]
+
+
+def test_export_at_a_resolution_never_trained_warns(run_dir, tmp_path):
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    proc = cli("export", run, "--width", "0.5", "--resolution", "20", "--format",
+               "safetensors", "-o", tmp_path / "m.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    assert "20 is not among the resolutions the run was trained at (16, 12)" in proc.stderr
 
 
 def test_batchnorm_folding_keeps_outputs():
@@ -512,4 +535,3 @@ def test_an_antialiased_run_resizes_so_everywhere(tmp_path, monkeypatch):
     m.use(config)
     with torch.no_grad():
         torch.testing.assert_close(m(images[:4]), net(small[:4]), atol=1e-5, rtol=1e-4)
-

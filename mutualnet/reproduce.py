@@ -322,6 +322,12 @@ _NAMES = {"independent": "independent", "usnet": "US-Nets", "mutualnet": "Mutual
           "single": "single"}
 
 
+def _resize_name(report: dict) -> str:
+    if report["recipe"]["space"].get("antialias"):
+        return "antialiased, space.antialias"
+    return "plain bilinear, as the official code"
+
+
 def _markdown(report: dict) -> str:
     compared = [m for m in METHODS if m in report["methods"]]
     lines = [
@@ -329,9 +335,11 @@ def _markdown(report: dict) -> str:
         "",
         f"{report['description']}; {report['recipe']['train']['epochs']} epochs per run. "
         f"{_seeds(report['seeds'])}; top-1 (%) mean ± std over "
-        f"seeds, all methods calibrated and evaluated the same way. MutualNet and US-Nets take "
-        f"their most accurate configuration within each budget (MACs of the budget "
-        f"configuration).",
+        f"seeds, all methods calibrated and evaluated by the same code, each on images resized "
+        f"as it was trained: independent networks by the data pipeline (antialiased), "
+        f"MutualNet's configurations on the device ({_resize_name(report)}). MutualNet and "
+        f"US-Nets take their most accurate configuration within each budget (MACs of the "
+        f"budget configuration).",
         "",
         "| budget (MMACs) | budget config | " + " | ".join(_NAMES[m] for m in compared) + " |",
         "|---|---|" + "---|" * len(compared),

@@ -138,6 +138,9 @@ def _grid(run, args: argparse.Namespace):
     from .space import Config
 
     space = run.space
+    if args.width_step < 1e-4:
+        raise ConfigError(f"--width-step must be at least 0.0001 (widths are named to 4 "
+                          f"decimals), got {args.width_step:g}")
     grid = space.grid(args.width_step)
     widths = args.widths or sorted({c.width for c in grid})
     resolutions = args.resolutions or sorted(space.resolutions)

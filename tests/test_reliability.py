@@ -284,6 +284,8 @@ def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
     (["--set", "space.resolutions=[4]"], "at least 8 pixels"),
     (["--set", "model.options={1: 2}"], "model.options must have names as keys"),
     (["--device", "tpu9"], "unknown device 'tpu9'"),
+    (["--device", "mps"], "device 'mps' is not supported; use auto, cpu, cuda or cuda:N"),
+    (["--device", "meta"], "device 'meta' is not supported; use auto, cpu, cuda or cuda:N"),
     (["--set", "model.options.dropout=2"], "dropout"),
     (["--set", "model.options.num_classes=5"], "model.options.num_classes is set by the data"),
     (["--set", "model.options.in_chans=1"], "model.options.in_chans is set by the data"),
@@ -364,6 +366,8 @@ def test_an_empty_recipe_section_means_the_defaults(tmp_path):
     (["calibrate", "{run}", "--data", "{tmp}/moved"], "does not exist"),
     (["evaluate", "{run}", "--widths", "1", "--data", "{truncated}"], "is truncated"),
     (["evaluate", "{run}", "--width-step", "0"], "--width-step"),
+    (["evaluate", "{run}", "--width-step", "1e-9"],
+     "--width-step must be at least 0.0001 (widths are named to 4 decimals)"),
     (["evaluate", "{run}", "--widths", "1", "--batch-size", "-5"], "--batch-size"),
     (["evaluate", "{run}", "--widths", ","], "expected comma-separated finite numbers"),
     (["evaluate", "{run}", "--widths", "0.5", "--resolutions", "100000"],
@@ -856,6 +860,26 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "continue with --resume" in lines[0]
     step = load_checkpoint(run / "checkpoint.pt")["step"]
     assert f"at step {step};" in lines[0]
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path):
+    """`timeout` and service managers signal the whole process group: the loader's worker
+    processes get SIGTERM too, and their death must not take the run down with a traceback."""
+    recipe = tiny_yaml(tmp_path, "train.epochs=50", "train.validate=false", "train.log_every=1",
+                       "data.num_workers=2")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mutualnet", "train", recipe, "--out",
+                             str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.jsonl").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] >= 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -218,19 +218,12 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _leave_stop_to_main(_worker: int) -> None:
-    """A loader worker ignores SIGTERM: sent to the whole process group (``timeout``, service
-    managers), it would kill the worker and end the run with a traceback; the main process
-    saves a checkpoint and stops, and the workers end with it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) -> DataLoader:
     workers = cfg.data.num_workers
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_fn_of(dataset),
-        persistent_workers=False, generator=torch.Generator(), worker_init_fn=_leave_stop_to_main,
+        persistent_workers=False, generator=torch.Generator(),
         multiprocessing_context="fork" if workers and os.name == "posix" else None,
     )
 

@@ -225,9 +225,9 @@ class TrainTransform(_Normalize):
         order = torch.randperm(3).tolist()
         factors = (1 + j * (2 * torch.rand(3) - 1)).tolist()
         channels = x.shape[-3]
-        luma = torch.tensor(_LUMA if channels == 3 else (1.0,) * channels,
-                            dtype=x.dtype).view(channels, 1, 1) / (1.0 if channels == 3
-                                                                    else channels)
+        # grey: luma of RGB, the channels' mean otherwise
+        weights = _LUMA if channels == 3 else (1.0 / channels,) * channels
+        luma = torch.tensor(weights, dtype=x.dtype).view(channels, 1, 1)
         for op in order:
             factor = factors[op]
             if op == 0:  # brightness: toward black

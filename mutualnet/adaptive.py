@@ -96,7 +96,7 @@ class AdaptiveModel(nn.Module):
             if self.run.placeholder_statistics and not self.run.is_calibrated(config):
                 frames = f" --frames {config.frames}" if config.frames else ""
                 raise ConfigError(
-                    f"configuration {config.width:g}-{config.resolution} of {self.run.path} has "
+                    f"configuration {config.name} of {self.run.path} has "
                     f"no calibrated statistics (a converted run's own are placeholders); run "
                     f"`mutualnet calibrate {self.run.path} --widths {config.width:g} "
                     f"--resolutions {config.resolution}{frames}`")

@@ -16,6 +16,7 @@ from .nn.model import SlimmableModel
 from .parallel import ConfigPool
 from .space import Config, to_config
 from .space import channels_last as layout
+from .train.checkpoint import writes_run
 
 __all__ = ["calibrate"]
 
@@ -34,7 +35,8 @@ def calibrate(
     """Recompute BN statistics of each configuration from the same decoded ``batches``.
 
     The batches are at the largest resolution; each configuration sees them resized on the
-    device (:func:`~mutualnet.space.to_config`, ``antialias`` as the run was trained). The statistics are the cumulative average over the batches, with BN normalising
+    device (:func:`~mutualnet.space.to_config`, ``antialias`` as the run was trained). The
+    statistics are the cumulative average over the batches, with BN normalising
     by batch statistics as in training, and become the configuration's own (``calibrated``
     of each slimmable BN layer); nothing else about the model changes.
 
@@ -113,20 +115,17 @@ def calibration_batches(
 ) -> list[Tensor]:
     """``count`` training batches at the largest resolution, decoded once, in a fixed order
     (channels-last when the recipe trains so: the same layout, the faster kernels)."""
-    from torch.utils.data import DataLoader
-
-    from .data.base import collate_fn_of, reading_workers
+    from .data.base import Loader, collate_fn_of, reading_workers
     from .train.order import EpochOrder, SeededItems
 
     if count < 1:
         raise ConfigError(f"calibration needs at least one batch, got {count}")
     batch_size = min(batch_size, len(train_set))
     order = EpochOrder(len(train_set), batch_size, seed, -1, 0)
-    loader = DataLoader(SeededItems(train_set), batch_size=batch_size, sampler=order,
-                        collate_fn=collate_fn_of(train_set),
-                        num_workers=reading_workers(train_set, num_workers),
-                        pin_memory=device.type == "cuda",
-                        generator=torch.Generator())
+    loader = Loader(SeededItems(train_set), batch_size=batch_size, sampler=order,
+                    collate_fn=collate_fn_of(train_set),
+                    num_workers=reading_workers(train_set, num_workers),
+                    pin_memory=device.type == "cuda", generator=torch.Generator())
     batches = []
     for images, _ in loader:
         images = images.to(device, non_blocking=True)
@@ -138,6 +137,7 @@ def calibration_batches(
     return batches
 
 
+@writes_run("calibrate")  # no other command writes into the run meanwhile
 def calibrate_run(
     run, configs: Sequence[Config], batches: int = 16, batch_size: int | None = None,
     progress: bool = True, networks: dict[str, nn.Module] | None = None,
@@ -158,9 +158,10 @@ def calibrate_run(
     run.save()
     from .select import remove_results_of
 
-    removed = remove_results_of(run.path, {c.key for c in configs})
-    if removed:
+    dropped = remove_results_of(run.path, {c.key for c in configs})
+    if dropped:
         logging.getLogger("mutualnet").warning(
-            "removed %s: the grid held configurations measured with the statistics just "
-            "replaced; run `mutualnet evaluate %s` again", ", ".join(removed), run.path)
+            "dropped %s from the results of %s: measured with the statistics just replaced; "
+            "run `mutualnet evaluate %s` to measure again", ", ".join(dropped), run.path,
+            run.path)
     return configs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -160,12 +161,23 @@ def _open_run(args: argparse.Namespace):
     return run
 
 
+def _held(args: argparse.Namespace):
+    """The run directory held for a command that writes into it, from before its weights are
+    read (a training run finishing meanwhile would otherwise be rolled back)."""
+    from .train.checkpoint import CONFIG_FILE, run_lock
+
+    if not Path(args.run, CONFIG_FILE).is_file():
+        return contextlib.nullcontext()  # not a run: load_run says what is wrong
+    return run_lock(args.run, args.command)
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate_run
 
-    run = _open_run(args)
-    configs = calibrate_run(run, _grid(run, args), batches=args.batches,
-                            batch_size=args.batch_size, progress=True)
+    with _held(args):
+        run = _open_run(args)
+        configs = calibrate_run(run, _grid(run, args), batches=args.batches,
+                                batch_size=args.batch_size, progress=True)
     print(json.dumps({"run": str(run.path), "calibrated": len(configs),
                       **run.meta["calibration"]}))
     return 0
@@ -174,10 +186,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
-    run = _open_run(args)
-    rows = evaluate_run(run, _grid(run, args), latency=args.latency,
-                        batch_size=args.batch_size, latency_batch=args.latency_batch,
-                        calibration_batches=args.batches)
+    with _held(args):
+        run = _open_run(args)
+        rows = evaluate_run(run, _grid(run, args), latency=args.latency,
+                            batch_size=args.batch_size, latency_batch=args.latency_batch,
+                            calibration_batches=args.batches)
     print((run.path / "query_table.md").read_text(), end="")
     print(json.dumps({"run": str(run.path), "configurations": len(rows),
                       "grid": str(run.path / "grid.json")}))
@@ -406,7 +419,8 @@ def _allocation(exc: BaseException) -> str | None:
 def guarded(command: Callable[[], int | None]) -> int:
     """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
     stderr and exit code 2, as is running out of memory (a batch or resolution too large for
-    the machine); an interrupted training run 128 + its signal, Ctrl-C 130."""
+    the machine), or a file the system refused; an interrupted training run 128 + its signal,
+    Ctrl-C 130."""
     try:
         return command() or 0
     except (MemoryError, RuntimeError) as exc:
@@ -426,6 +440,10 @@ def guarded(command: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the system refused that no check above foresaw
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .nn.model import SlimmableModel
 from .parallel import ConfigPool
 from .space import Config, to_config
 from .space import channels_last as layout
+from .train.checkpoint import writes_run
 
 __all__ = ["average_clips", "evaluate", "static_network"]
 
@@ -133,6 +134,7 @@ def measure_latency(
     return 1000.0 * times[len(times) // 2]
 
 
+@writes_run("evaluate")  # no other command writes into the run meanwhile
 def evaluate_run(
     run,
     configs: Sequence[Config],

@@ -33,12 +33,13 @@ def _flat_outputs(output) -> list[torch.Tensor]:
     return [t for item in output for t in _flat_outputs(item)]
 
 
-def verify_onnx(path: Path, module: nn.Module, example: torch.Tensor) -> float:
-    """Max abs difference between onnxruntime and torch on ``example`` over every output;
-    raises past 1e-4."""
+def verify_onnx(model: Path | bytes, module: nn.Module, example: torch.Tensor) -> float:
+    """Max abs difference between onnxruntime running ``model`` (a file or its bytes) and torch
+    on ``example`` over every output; raises past 1e-4."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                   providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = [torch.from_numpy(a) for a in session.run(None, {name: example.cpu().numpy()})]
     with torch.no_grad():
@@ -107,28 +108,23 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
                        _extra_files={"mutualnet.json": json.dumps(described)})
         atomic_write_bytes(out, buffer.getvalue())
         return info
-    try:
-        tmp_dir = tempfile.TemporaryDirectory(dir=out.parent)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}: {exc.strerror}; choose a writable -o") from None
-    with tmp_dir as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        # dense heads name their outputs (cls_0, box_0, ctr_0, ...); classifiers: logits
-        names = list(getattr(getattr(static, "head", None), "output_names", ["logits"]))
-        torch.onnx.export(static, (example,), str(tmp_path), input_names=["images"],
-                          output_names=names,
-                          dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
-                          dynamo=False)
-        info["max_abs_diff_vs_torch"] = verify_onnx(tmp_path, static, example)
-        atomic_write_bytes(out, _with_metadata(tmp_path, {"mutualnet": json.dumps(described)}))
+    # written in memory: nothing is left beside -o however the export ends
+    buffer = io.BytesIO()
+    # dense heads name their outputs (cls_0, box_0, ctr_0, ...); classifiers: logits
+    names = list(getattr(getattr(static, "head", None), "output_names", ["logits"]))
+    torch.onnx.export(static, (example,), buffer, input_names=["images"], output_names=names,
+                      dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, dynamo=False)
+    info["max_abs_diff_vs_torch"] = verify_onnx(buffer.getvalue(), static, example)
+    atomic_write_bytes(out, _with_metadata(buffer.getvalue(),
+                                           {"mutualnet": json.dumps(described)}))
     return info
 
 
-def _with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
-    """The ONNX model at ``path`` with ``metadata`` added to its metadata_props."""
+def _with_metadata(model: bytes, metadata: dict[str, str]) -> bytes:
+    """The ONNX ``model`` with ``metadata`` added to its metadata_props."""
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(model)
     for key, value in metadata.items():
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                             key: value})
@@ -160,6 +156,12 @@ def _check_writable(out: Path, fmt: str) -> None:
     if not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}: {out.parent} is a file, not a directory; "
                           f"choose another -o")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):  # unnamed where the system allows
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}; choose a writable "
+                          f"-o") from None
 
 
 def load_exported(path: str | Path) -> nn.Module:

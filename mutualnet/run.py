@@ -15,15 +15,15 @@ from .nn.model import SlimmableModel
 from .space import Config, Space, channels_last
 from .tasks import build_task_model
 from .select import GRID_CSV, GRID_JSON, PARETO_PNG, QUERY_TABLE, RESULT_FILES
-from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, PREVIOUS, WEIGHTS, load_checkpoint,
+from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS, load_checkpoint,
                                load_model_state, load_weights, save_weights)
 from .train.log import LOG
 
-__all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV", "QUERY_TABLE", "PARETO_PNG",
-           "RUN_FILES"]
+__all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV",
+           "QUERY_TABLE", "PARETO_PNG", "RUN_FILES"]
 
 #: the files a run directory holds
-RUN_FILES = (CONFIG_FILE, CHECKPOINT, PREVIOUS, WEIGHTS, LOG, *RESULT_FILES)
+RUN_FILES = (CONFIG_FILE, CHECKPOINT, PREVIOUS, WEIGHTS, LOG, *RESULT_FILES, LOCK)
 
 
 def held_run_files(folder: Path) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,14 +252,32 @@ def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu
 
 
 def remove_results_of(run_dir: Path, keys: set[str]) -> list[str]:
-    """Remove the run's results when its grid has a row of a configuration in ``keys``
-    (whose calibrated statistics were replaced); returns the names removed."""
+    """Drop the rows of the run's grid that measured a configuration in ``keys`` (whose
+    calibrated statistics were replaced) and rewrite the results from the others, or remove
+    the results when no row is left; returns the configurations dropped."""
     from .space import Config
 
     rows = _rows_kept(run_dir)
-    if any(Config(r["width"], r["resolution"], r.get("frames")).key in keys for r in rows):
-        return remove_results(run_dir)
-    return []
+    measured = [Config(r["width"], r["resolution"], r.get("frames")) for r in rows]
+    dropped = [config.name for config in measured if config.key in keys]
+    if not dropped:
+        return []
+    kept = [row for row, config in zip(rows, measured) if config.key not in keys]
+    if kept:
+        write_results(run_dir, kept, _latency_device(run_dir))
+    else:
+        remove_results(run_dir)
+    return dropped
+
+
+def _latency_device(run_dir: Path) -> str:
+    """The device the run's query table says its latencies were measured on."""
+    try:
+        found = re.search(r"^## By measured latency \((.+)\)$",
+                          (Path(run_dir) / QUERY_TABLE).read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        found = None
+    return found[1] if found else "cpu"
 
 
 def remove_results(run_dir: Path) -> list[str]:

@@ -32,6 +32,13 @@ class Config:
             parts.append(f"t{int(self.frames)}")
         return "_".join(parts)
 
+    @property
+    def name(self) -> str:
+        """The configuration as people write it: width-resolution (-frames), e.g. 0.5-160."""
+        parts = [f"{self.width:g}", *(str(int(v)) for v in (self.resolution, self.frames)
+                                      if v is not None)]
+        return "-".join(parts)
+
 
 def is_count(value: Any) -> bool:
     """Whether ``value`` is a plain positive int (not a bool, not a float)."""

@@ -45,3 +45,13 @@ def test_macs_names_the_flag_of_a_value_that_cannot_be(capsys):
                          (["resnet18", "--widths", "0.5,nan"], "got '0.5,nan'")):
         assert main(["macs", *args]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_a_file_the_system_refuses_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """The last guard: an OS error no check foresaw is still one line, naming the file."""
+    from mutualnet.cli import guarded
+
+    missing = tmp_path / "gone" / "x.json"
+    assert guarded(lambda: missing.read_text()) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {missing}: No such file or directory\n"

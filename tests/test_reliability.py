@@ -31,6 +31,7 @@ import torch
 
 from mutualnet.config import load_config
 from mutualnet.errors import ConfigError
+from mutualnet.select import write_results
 from mutualnet.train import train
 from mutualnet.train.checkpoint import (load_checkpoint, load_weights, resume_checkpoint,
                                         save_checkpoint, save_weights)
@@ -66,9 +67,9 @@ def one_thread():
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes."""
+    """Every file under ``folder`` with its bytes (but the lock, which names its holder)."""
     return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -91,8 +92,8 @@ def fails_without_damage(run: Path, *args, needles: tuple[str, ...]) -> str:
 
 
 def stray_files(run: Path) -> list[str]:
-    """Temporary files of interrupted writes."""
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+    """Temporary files of interrupted writes (.lock is the run's lock: it stays)."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".lock")
 
 
 def command_id(value) -> str | None:
@@ -524,12 +525,26 @@ def test_evaluating_some_configurations_keeps_the_other_rows_of_the_grid(run_cop
     assert (run_copy / "grid.csv").read_text().count("\n") == len(after) + 1
 
 
-def test_recalibrating_configurations_of_the_table_removes_it(run_copy):
-    """Rows measured with statistics that calibration replaced no longer hold."""
+def test_recalibrating_configurations_of_the_table_drops_their_rows(run_copy):
+    """Rows measured with statistics that calibration replaced no longer hold; the others
+    do, and stay (with the latency heading of the table they came from)."""
+    before = json.loads((run_copy / "grid.json").read_text())
+    for i, row in enumerate(before):  # as if measured on a GPU
+        row["latency_ms"] = 1.0 + i
+    write_results(run_copy, before, "cuda:3")
     proc = cli("calibrate", run_copy, "--widths", "0.5", "--resolutions", "12", "--batches", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["batches"] == 1
-    assert "removed grid.json" in proc.stderr and not (run_copy / "grid.json").exists()
+    assert "dropped 0.5-12 from the results" in proc.stderr
+    assert json.loads((run_copy / "grid.json").read_text()) == [
+        r for r in before if (r["width"], r["resolution"]) != (0.5, 12)]
+    assert (run_copy / "grid.csv").read_text().count("\n") == len(before)
+    assert "## By measured latency (cuda:3)" in (run_copy / "query_table.md").read_text()
+    proc = cli("calibrate", run_copy, "--widths", "0.5,1", "--resolutions", "12,16",
+               "--batches", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any((run_copy / name).exists() for name in
+                   ("grid.json", "grid.csv", "query_table.md", "pareto.png"))
 
 
 def test_calibration_reports_the_batches_it_had(run_copy):
@@ -569,6 +584,86 @@ def test_an_export_over_a_file_of_the_run_is_refused(run):
         fails_without_damage(run, "export", run, "--width", "0.5", "--resolution", "12",
                              "--format", "safetensors", "-o", run / name,
                              needles=(f"{name} is a file of the run",))
+
+
+@pytest.mark.parametrize("name", ["grid.json", "log.jsonl", "model.safetensors"])
+def test_a_folder_where_the_run_keeps_a_file_is_one_line(run_copy, recipe, name):
+    """Found before any work (training would otherwise end in a traceback when it writes
+    its results, after all its steps)."""
+    (run_copy / name).unlink()
+    (run_copy / name).mkdir()
+    for command in (["train", recipe, "--out", run_copy, "--resume", "--max-steps", "3"],
+                    ["calibrate", run_copy, "--widths", "0.5", "--resolutions", "12"],
+                    ["evaluate", run_copy, "--widths", "0.5", "--resolutions", "12"]):
+        fails_without_damage(run_copy, *command, needles=(f"{name} is a folder",))
+
+
+def test_a_full_disk_under_the_log_loses_no_training(tmp_path, monkeypatch, caplog):
+    """The log is a record, not the run: a write that fails is reported once and training
+    goes on to its checkpoint and weights; the log takes up again when writes succeed."""
+    import builtins
+
+    from mutualnet.train import log as log_module
+
+    full = {"on": True}
+
+    def open_unless_full(path, *args, **kwargs):
+        if full["on"] and Path(path).name == "log.jsonl":
+            raise OSError(28, "No space left on device", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(log_module, "open", open_unless_full, raising=False)
+    run = tmp_path / "run"
+    with one_thread():
+        summary = train(tiny("train.max_steps=3", "train.log_every=1", "train.validate=false"),
+                        run)
+    assert summary["steps"] == 3 and (run / "model.safetensors").is_file()
+    warnings = [r.message for r in caplog.records if "log.jsonl" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in caplog.text
+    full["on"] = False
+    writer = log_module.RunLog(run, keep_until=3)
+    writer.write({"kind": "train", "step": 3})
+    assert [r["step"] for r in read_log(run)] == [3]
+
+
+@contextlib.contextmanager
+def held_by(run: Path, command: str, pid: int = 4242):
+    """``run`` held as a running ``mutualnet command`` holds it (an flock on its .lock)."""
+    import fcntl
+
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps({"pid": pid, "command": command}))
+        f.flush()
+        yield
+
+
+@pytest.mark.skipif(os.name != "posix", reason="run directories are locked with flock")
+def test_a_run_in_use_by_another_command_is_refused_and_left_alone(run_copy, recipe, tmp_path):
+    """Two commands writing into one run directory would leave a config, weights and table
+    that disagree, or roll back the weights of a run trained meanwhile: the second is
+    refused, naming the first, whichever commands they are."""
+    needles = ("is in use by `mutualnet train` (process 4242)", "wait for it")
+    with held_by(run_copy, "train"):
+        fails_without_damage(run_copy, "calibrate", run_copy, "--widths", "0.5",
+                             "--resolutions", "12", needles=needles)
+        fails_without_damage(run_copy, "evaluate", run_copy, "--widths", "0.5",
+                             "--resolutions", "12", needles=needles)
+        fails_without_damage(run_copy, "train", recipe, "--out", run_copy, "--resume",
+                             "--max-steps", "3", needles=needles)
+        # reading commands go on: every file they read is replaced atomically
+        proc = cli("select", run_copy, "--max-mmacs", "1000")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = tmp_path / "fresh"
+    with held_by(fresh, "evaluate", pid=7):
+        one_line_error(cli("train", recipe, "--out", fresh), "`mutualnet evaluate` (process 7)")
+    assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
+    # released when the holder ends, however it ends
+    proc = cli("train", recipe, "--out", fresh, "--max-steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = cli("calibrate", run_copy, "--widths", "0.5", "--resolutions", "12", "--batches", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,6 +774,22 @@ def test_an_export_that_cannot_be_written_is_one_line_and_changes_nothing(tmp_pa
     assert not Path(out).is_file()
 
 
+def test_an_export_cut_short_leaves_nothing_beside_its_output(tmp_path, run, monkeypatch):
+    from mutualnet import export
+    from mutualnet.run import load_run
+    from mutualnet.space import Config
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "verify_onnx", interrupted)
+    out = tmp_path / "exports"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export.export_run(load_run(run), Config(0.5, 12), "onnx", out / "m.onnx")
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("command, bad, needle", [
     (["make-scenes", "--train", "2", "--val", "2", "--size", "32"], ["--size", "8"],
      "at least 32 pixels"),
@@ -697,6 +808,40 @@ def test_dataset_writers_refuse_a_folder_with_files_and_leave_nothing_when_refus
         fresh = tmp_path / "fresh"
         one_line_error(cli(name, fresh, *options, *bad), needle)
         assert not fresh.exists()
+
+
+@pytest.mark.parametrize("writer", ["videos", "scenes"])
+def test_an_interrupted_dataset_writer_leaves_no_partial_dataset(tmp_path, monkeypatch, writer):
+    """A dataset cut short would train without a word on what it holds: the folder appears
+    only when every file is written, and the next writer starts clean."""
+    from mutualnet.data import motion, scenes
+
+    written = []
+
+    def interrupt_at_the_third(real):
+        def write(*args, **kwargs):
+            if len(written) == 2:
+                raise KeyboardInterrupt
+            written.append(args)
+            return real(*args, **kwargs)
+        return write
+
+    out = tmp_path / "data"
+    if writer == "videos":
+        monkeypatch.setattr(motion, "_write_video", interrupt_at_the_third(motion._write_video))
+        run = lambda: motion.write_motion_videos(out, 1, 1)  # noqa: E731
+    else:
+        from PIL import Image
+
+        monkeypatch.setattr(Image.Image, "save", interrupt_at_the_third(Image.Image.save))
+        run = lambda: scenes.write_scenes(out, train=3, val=2, size=32)  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert {p.name for p in out.iterdir()} >= {"train", "val"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -860,6 +1005,39 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "continue with --resume" in lines[0]
     step = load_checkpoint(run / "checkpoint.pt")["step"]
     assert f"at step {step};" in lines[0]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+@pytest.mark.parametrize("validate", [False, True], ids=["training", "validating"])
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path,
+                                                                            validate):
+    """`timeout` and service managers signal the whole process group: the loader's worker
+    processes get SIGTERM too, and their death must not take the run down with a traceback,
+    whether it comes while training or while validating."""
+    recipe = tiny_yaml(tmp_path, "train.epochs=50", f"train.validate={str(validate).lower()}",
+                       "train.log_every=1", "data.num_workers=2")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mutualnet", "train", recipe, "--out",
+                             str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)
+    deadline = time.time() + 120
+    wanted = "val" if validate else "train"
+    while time.time() < deadline and not any(r.get("kind") == wanted
+                                             for r in _log_so_far(run)):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [x for x in err.strip().splitlines() if not x.startswith("epoch ")]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] >= 1
+
+
+def _log_so_far(run: Path) -> list[dict]:
+    try:
+        return read_log(run)
+    except (OSError, json.JSONDecodeError):  # not written yet, or a line half written
+        return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,3 +97,9 @@ def test_clips_are_subsampled_in_time():
 @pytest.mark.parametrize("width", [0.3333, 0.5, 1.0])
 def test_config_keys_are_state_dict_safe(width):
     assert "." not in Config(width, 224, 8).key
+
+
+def test_config_names_read_as_written_on_the_command_line():
+    assert Config(0.5, 160).name == "0.5-160"
+    assert Config(1.0, 224, 8).name == "1-224-8"
+    assert Config(0.3333).name == "0.3333"

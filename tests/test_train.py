@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mutualnet.config import load_config
+from mutualnet.errors import ConfigError
 from mutualnet.train import train
 from mutualnet.train.checkpoint import load_checkpoint, load_weights
 
@@ -101,6 +102,10 @@ def test_resume_with_more_epochs_trains_further_and_records_them(tmp_path):
     assert summary["steps"] == 40 and load_checkpoint(run / "checkpoint.pt")["step"] == 40
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     assert train(tiny("train.epochs=2", "train.validate=false"), run, resume=True)["steps"] == 40
+    # fewer epochs would relay the learning-rate schedule under the steps already trained
+    with pytest.raises(ConfigError, match="cannot lower train.epochs from 2 to 1.*--max-steps"):
+        train(tiny("train.epochs=1", "train.validate=false"), run, resume=True)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):

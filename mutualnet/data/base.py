@@ -2,13 +2,97 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import atexit
+import contextlib
+import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit handler is registered before ours)
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
 
 __all__ = ["TensorImageDataset", "collate_fn_of", "evaluation_loader", "reading_workers",
-           "to_device"]
+           "to_device", "Loader", "new_folder"]
+
+
+def worker_init(_worker: int) -> None:
+    """``worker_init_fn`` of :class:`Loader`: a worker ignores SIGTERM (for the start methods
+    that do not inherit the blocked signal, see :class:`Loader`)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Loader(DataLoader):
+    """The ``DataLoader`` of every pass here, whose worker processes leave SIGTERM to the main
+    process. Sent to the whole process group (``timeout``, service managers, a cluster's
+    scheduler), it would kill the workers, and the main process would die of their deaths with
+    a traceback instead of saving a checkpoint and stopping. Workers are started with SIGTERM
+    blocked, which a forked worker keeps from its first instruction (and ignore it too, see
+    :func:`worker_init`); they end with the main process (:func:`_end_workers`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, worker_init_fn=worker_init, **kwargs)
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            return super()._get_iterator()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM meanwhile: now
+
+
+def _end_workers() -> None:
+    """At exit, kill the loader workers still running. multiprocessing's own exit handler,
+    which runs after this one, ends them with SIGTERM, which they ignore, and waits for them
+    (a loader left behind by an error is not always shut down before the exit)."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and hasattr(signal, "SIGCHLD"):
+        # the loader's own SIGCHLD handler would raise at the first death, the others alive
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(timeout=10)
+
+
+atexit.register(_end_workers)
+
+
+def check_new_folder(out: str | Path) -> Path:
+    """``out`` as a path, when it is a new or empty folder."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not an empty folder; choose a new output folder")
+    return out
+
+
+@contextlib.contextmanager
+def new_folder(out: str | Path, what: str) -> Iterator[Path]:
+    """The folder a dataset writer fills, written whole or not at all: ``out`` (which must be
+    new or empty) appears only when the writer is done. The writer fills a hidden sibling that
+    is renamed to ``out`` at the end; an error or an interruption leaves ``out`` as it was (the
+    sibling of a writer killed outright is hidden, and removed by the next writer)."""
+    out = check_new_folder(out)
+    stage = out.parent / f".{out.name}.partial"
+    try:
+        try:
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            yield stage
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            os.replace(stage, out)
+        except OSError as exc:
+            raise DataError(f"cannot write {what} to {out}: {exc.strerror or exc}; choose a "
+                            f"writable folder") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def to_device(batch_part, device: torch.device):
@@ -47,11 +131,8 @@ def reading_workers(dataset, num_workers: int) -> int:
 def evaluation_loader(dataset, batch_size: int, num_workers: int, device: torch.device):
     """The loader of an evaluation pass: in order, the dataset's collate function, workers
     as :func:`reading_workers` decides, pinned memory for CUDA."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(dataset, batch_size=batch_size,
-                      num_workers=reading_workers(dataset, num_workers),
-                      collate_fn=collate_fn_of(dataset), pin_memory=device.type == "cuda")
+    return Loader(dataset, batch_size=batch_size, num_workers=reading_workers(dataset, num_workers),
+                  collate_fn=collate_fn_of(dataset), pin_memory=device.type == "cuda")
 
 
 class TensorImageDataset(Dataset):

@@ -115,27 +115,24 @@ def write_motion_videos(out: str | Path, train_per_class: int = 50, val_per_clas
                         seed: int = 0, codec: str = "libx264") -> dict[str, int]:
     """Write the dataset as ``out/{train,val}/<motion>/<n>.mp4`` (H.264, ``MOTION_FPS`` fps).
 
-    Returns the number of files written per split. Refuses a non-empty ``out``.
+    Returns the number of files written per split. Refuses a non-empty ``out``; ``out``
+    appears only once every file is written (:func:`~mutualnet.data.base.new_folder`).
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} exists and is not an empty folder; choose a new output folder")
+    from .base import new_folder
+
     splits = (("train", train_per_class), ("val", val_per_class))
     for split, per_class in splits:
         if per_class < 1:
             raise DataError(f"{split} needs at least one video per class, got {per_class}")
     counts = {}
-    try:
+    with new_folder(out, "videos") as folder:
         for split, per_class in splits:
             videos, labels = make_motion_videos(split, per_class * len(MOTION_CLASSES), seed)
             for i, (video, label) in enumerate(zip(videos, labels.tolist())):
-                folder = out / split / MOTION_CLASSES[label]
-                folder.mkdir(parents=True, exist_ok=True)
-                _write_video(folder / f"{i:05d}.mp4", video, codec)
+                target = folder / split / MOTION_CLASSES[label]
+                target.mkdir(parents=True, exist_ok=True)
+                _write_video(target / f"{i:05d}.mp4", video, codec)
             counts[split] = len(videos)
-    except OSError as exc:
-        raise DataError(f"cannot write videos to {out}: {exc.strerror or exc}; choose a "
-                        f"writable folder") from None
     return counts
 
 

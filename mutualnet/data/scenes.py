@@ -116,23 +116,19 @@ def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 def write_scenes(out: str | Path, train: int = SCENES_TRAIN, val: int = SCENES_VAL,
                  size: int = 96, seed: int = 0, root: str | None = None) -> dict[str, Any]:
     """Write ``annotations/instances_{train,val}.json`` and ``{train,val}/*.png`` under ``out``,
-    a new or empty folder."""
+    a new or empty folder, which appears only once every file is written."""
     from PIL import Image
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} exists and is not an empty folder; choose a new output folder")
+    from .base import check_new_folder, new_folder
+
+    check_new_folder(out)  # before the scenes are made
     scenes = {split: make_scenes(count, size, seed, split, root)  # before anything is written
               for split, count in (("train", train), ("val", val))}
-    try:
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
+    with new_folder(out, "scenes") as folder:
+        (folder / "annotations").mkdir()
         for split, (coco, pixels) in scenes.items():
-            folder = out / split
-            folder.mkdir(exist_ok=True)
+            (folder / split).mkdir()
             for image, array in zip(coco["images"], pixels):
-                Image.fromarray(array).save(folder / image["file_name"])
-            (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    except OSError as exc:
-        raise DataError(f"cannot write scenes to {out}: {exc.strerror}; choose a writable "
-                        f"folder") from None
+                Image.fromarray(array).save(folder / split / image["file_name"])
+            (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     return {"out": str(out), "train": train, "val": val, "size": size, "seed": seed}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import logging
@@ -11,6 +13,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,9 +30,11 @@ __all__ = [
     "load_model_state",
     "load_weights",
     "resume_checkpoint",
+    "run_lock",
     "save_checkpoint",
     "save_weights",
     "torch_load",
+    "writes_run",
 ]
 
 log = logging.getLogger("mutualnet")
@@ -38,6 +43,8 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"
+#: the file whose lock a command writing into the run holds
+LOCK = ".lock"
 _RESUME_KEYS = ("optimizer", "rng", "step")
 
 
@@ -56,6 +63,94 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
                               f"location with free space") from None
     _fsync_dir(path.parent)
+
+
+#: run directories this process holds, and how many times (the lock is reentrant)
+_HELD: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, command: str) -> Iterator[None]:
+    """Hold ``run_dir`` while ``command`` writes into it (its weights, training state or
+    results). A second writing command on the same directory, from any process, is refused
+    with a :class:`MutualNetError` naming the first, instead of mixing its files with the
+    first's. The lock is an advisory ``flock`` on ``run_dir/.lock``, released when the process
+    ends however it ends; it is reentrant within a process. Creates ``run_dir``."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = run_dir.resolve()
+    except OSError as exc:
+        raise CheckpointError(f"cannot create run directory {run_dir}: "
+                              f"{exc.strerror or exc}; choose a writable --out") from None
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        fcntl = None
+    if key in _HELD or fcntl is None:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write in run directory {run_dir}: "
+                              f"{exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MutualNetError(f"{run_dir} is in use by {_holder(fd)}; wait for it to "
+                                 f"finish (or stop it) and run this again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode(), 0)
+        _HELD[key] = 1
+        try:
+            _check_files(run_dir)
+            yield
+        finally:
+            del _HELD[key]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # names no holder once released
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def writes_run(command: str) -> Callable:
+    """Decorate a function whose first argument is a :class:`~mutualnet.run.Run` it writes
+    into: the function holds the run's :func:`run_lock` while it runs."""
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def held(run, *args, **kwargs):
+            with run_lock(run.path, command):
+                return function(run, *args, **kwargs)
+        return held
+    return decorate
+
+
+def _check_files(run_dir: Path) -> None:
+    """A folder in the place of one of the run's files would fail the command when it
+    writes there, maybe after all its work: it is refused first."""
+    from ..run import RUN_FILES
+
+    for name in RUN_FILES:
+        if (run_dir / name).is_dir():
+            raise MutualNetError(f"{run_dir / name} is a folder, where the run keeps a file of "
+                              f"that name; move it away and run this again")
+
+
+def _holder(fd: int) -> str:
+    """Who holds a run directory's lock, as its holder wrote it."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"`mutualnet {holder['command']}` (process {int(holder['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another mutualnet command"
 
 
 def _fsync_dir(directory: Path) -> None:

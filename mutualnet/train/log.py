@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 __all__ = ["RunLog", "LOG"]
 
 LOG = "log.jsonl"
+
+log = logging.getLogger("mutualnet")
 
 
 class RunLog:
@@ -22,6 +25,7 @@ class RunLog:
         self.enabled = enabled
         self.path = Path(run_dir) / LOG
         self._tb = None
+        self._failed = False
         if enabled and self.path.exists():
             from .checkpoint import atomic_write_bytes
 
@@ -42,8 +46,15 @@ class RunLog:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # the log is a record, not the run: training goes on
+            if not self._failed:
+                log.warning("cannot append to %s (%s); training goes on, and the log takes "
+                            "up again when it can be written", self.path,
+                            exc.strerror or exc)
+            self._failed = True
         if self._tb is not None and "step" in record:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "time", "epoch"):

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, config_to_dict
-from ..data.base import collate_fn_of, evaluation_loader, to_device
+from ..data.base import Loader, collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
 from ..nn.layers import _SlimBatchNormNd
@@ -33,7 +33,7 @@ from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
 from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, load_model_state, load_weights,
-                         resume_checkpoint, save_checkpoint, save_weights)
+                         resume_checkpoint, run_lock, save_checkpoint, save_weights)
 from .distributed import Distributed, resolve_device
 from .log import RunLog
 from .optim import build_optimizer, lr_at
@@ -51,7 +51,7 @@ RESUMABLE_KEYS = {
     "train.max_steps", "train.device", "train.progress", "train.log_every",
     "train.checkpoint_every", "train.validate", "data.num_workers", "data.root",
 }
-# ...and keys a resumption may change to train a run further (the cosine schedule stretched
+# ...and keys a resumption may raise to train a run further (the cosine schedule stretched
 # over the new length); the run's config then records the new value.
 EXTENDING_KEYS = {"train.epochs"}
 
@@ -146,6 +146,11 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
                 f"({', '.join(sorted(refused))}); resume with the run's own "
                 f"{CONFIG_FILE} or start a new --out directory"
             )
+        if cfg.train.epochs < saved["train"]["epochs"]:
+            raise ConfigError(
+                f"cannot lower train.epochs from {saved['train']['epochs']} to "
+                f"{cfg.train.epochs} on resume: the learning-rate schedule of the steps trained "
+                f"is laid out over {saved['train']['epochs']}; stop earlier with --max-steps")
         if "train.epochs" in differ and is_main:
             saved["train"]["epochs"] = cfg.train.epochs
             _write_config(run_dir, saved)
@@ -220,7 +225,7 @@ def _as_tuple(value: Any) -> Any:
 
 def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) -> DataLoader:
     workers = cfg.data.num_workers
-    return DataLoader(
+    return Loader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_fn_of(dataset),
         persistent_workers=False, generator=torch.Generator(),
@@ -254,7 +259,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = Distributed.from_env(device.type)
+    held = contextlib.ExitStack()
     try:
+
+        if dist.is_main and (run_dir.is_dir() or not resume):  # no other writer meanwhile
+            held.enter_context(run_lock(run_dir, "train"))
         _prepare_run_dir(run_dir, cfg, resume, dist.is_main)
         dist.barrier()
         tc = cfg.train
@@ -398,6 +407,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                         run_log.write({"kind": "val", "step": step, "epoch": epoch,
                                        **last_validation})
                         log.info("epoch %d: %s", epoch + 1, _format_validation(last_validation))
+                if stop.signal is not None:  # signalled while validating: saved above
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(stop.signal).name} at step {step}; "
+                        f"checkpoint saved, continue with --resume", stop.signal)
         finally:
             _restore_signal_handlers(handlers)
             run_log.close()
@@ -422,6 +435,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         return summary
     finally:
         dist.shutdown()
+        held.close()
 
 
 def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scaler, amp_dtype,

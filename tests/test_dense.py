@@ -339,6 +339,30 @@ def test_16_bit_images_are_scaled_to_8_bits_not_read_as_white(coco_root, tmp_pat
     assert val._read(0).unique().tolist() == [round(40000 / 65535 * 255)]
 
 
+def test_an_image_stored_turned_is_read_as_its_annotations_see_it(coco_root, tmp_path):
+    """A phone photo is stored sideways with an EXIF orientation saying how to turn it, and
+    annotation tools show it turned: with the annotation file's size, it is read turned.
+    An image whose stored size is the annotation file's is read as stored."""
+    import shutil
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    upright = np.zeros((48, 64, 3), dtype=np.uint8)
+    upright[:8, :16] = 255  # a mark at the top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # 64 rows, 48 columns
+    Image.fromarray(stored).save(root / "val" / "img0.png", exif=exif.tobytes())
+    Image.fromarray(upright).save(root / "val" / "img1.png", exif=exif.tobytes())
+    index = parse_coco(json.loads((root / "annotations" / "instances_val.json").read_text()),
+                       "instances_val.json")  # both 64 wide, 48 high
+    val = CocoDataset(index, "detection", 32, [0.5] * 3, [0.25] * 3, train=False,
+                      image_dir=root / "val")
+    want = torch.from_numpy(upright).permute(2, 0, 1)
+    assert torch.equal(val._read(0), want) and torch.equal(val._read(1), want)
+
+
 def test_detection_is_scored_against_the_boxes_of_the_annotation_file(coco_root):
     """Boxes reaching past the image are clipped for training, not for scoring: detections
     equal to the file's boxes score 100, as pycocotools on the file would give."""

@@ -245,6 +245,23 @@ def rasterise(annotations: Sequence[tuple], height: int, width: int, source: str
     return out
 
 
+#: the EXIF tag saying how an image stored turned is shown (1: as stored)
+_ORIENTATION = 0x0112
+
+
+def _as_annotated(img, width: int, height: int):
+    """The image as its annotations see it. A photo stored sideways with an EXIF orientation
+    is shown turned by viewers and annotation tools (and read turned by detectron2): it is
+    turned when that gives the annotation file's size and the stored pixels do not. Where
+    both sizes agree (a half turn, a mirror), the stored pixels are taken, as most readers do."""
+    from PIL import ImageOps
+
+    if img.size == (width, height) or img.getexif().get(_ORIENTATION, 1) == 1:
+        return img
+    turned = ImageOps.exif_transpose(img)
+    return turned if turned.size == (width, height) else img
+
+
 def collate_dense(batch: Sequence[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
     """Images stacked; masks stacked, box targets kept as a list (their sizes differ)."""
     images = torch.stack([item[0] for item in batch])
@@ -289,7 +306,7 @@ class CocoDataset(Dataset):
         path = self.image_dir / name
         try:
             with Image.open(path) as img:
-                x = pil_to_tensor(to_8_bits(img).convert("RGB"))
+                x = pil_to_tensor(to_8_bits(_as_annotated(img, width, height)).convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError):
             raise DataError(f"image file {path} is unreadable; restore it or remove it from "
                             f"{self.index.source}") from None

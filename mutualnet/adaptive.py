@@ -67,7 +67,9 @@ class AdaptiveModel(nn.Module):
         if self.grid is None:
             raise ConfigError(f"{self.run.path} has no query table; run "
                               f"`mutualnet evaluate {self.run.path}` first")
-        row = select(self.grid, max_mmacs=mmacs, max_latency_ms=latency_ms)
+        if (mmacs is None) == (latency_ms is None):
+            raise ConfigError("give exactly one budget: mmacs= or latency_ms=")
+        row = select(self.grid, max_mmacs=mmacs, max_latency_ms=latency_ms, run=self.run.path)
         config = Config(row["width"], row["resolution"], row.get("frames"))
         if not self.run.is_calibrated(config):
             raise ConfigError(f"configuration {config.key} has no calibrated statistics; run "

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -130,7 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     run_dir = args.out or _default_run_dir(args.config)
     summary = train(cfg, run_dir, resume=args.resume)
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # one summary for a torchrun job
+        print(json.dumps(summary))
     return 0
 
 
@@ -200,7 +202,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     from .select import read_grid, select
 
-    row = select(read_grid(args.run), max_mmacs=args.max_mmacs,
+    row = select(read_grid(args.run), run=args.run, max_mmacs=args.max_mmacs,
                  max_latency_ms=args.max_latency_ms)
     print(json.dumps(row))
     return 0
@@ -258,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mutualnet", description="One adaptive ConvNet for many compute budgets.")
     parser.add_argument("--version", action="version", version=f"mutualnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.commands = sub.choices  # name -> its parser
 
     p = sub.add_parser("train", help="train a recipe into a run directory")
     p.add_argument("config", help="YAML recipe, e.g. configs/fashion_mnist.yaml")
@@ -333,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for the runs and the report "
                    "(default: runs/reproduce-PRESET); finished runs there are reused")
     p.add_argument("--data", help="dataset location (cifar10, imagenet)")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--device")
+    p.add_argument("--seeds", type=int, help="how many seeds (0, 1, ...) each method runs "
+                   "(default: the preset's)")
+    p.add_argument("--epochs", type=int, help="epochs of every run (default: the preset's)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the recipe's)")
     p.add_argument("--methods", help="comma-separated subset of mutualnet,usnet,single,"
                    "independent (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -368,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-video-data", help="write the synthetic motion dataset as video "
                        "files in class folders (data.format video_folder reads them)")
     p.add_argument("out", help="folder to create (must be new or empty)")
-    p.add_argument("--train-per-class", type=positive(int), default=50)
-    p.add_argument("--val-per-class", type=positive(int), default=20)
+    p.add_argument("--train-per-class", type=positive(int), default=50,
+                   help="training videos per class (default 50)")
+    p.add_argument("--val-per-class", type=positive(int), default=20,
+                   help="validation videos per class (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_video_data)
     return parser
@@ -391,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def command() -> int:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the subcommand they were given to
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command in _COMPUTING:
             from .train.allocator import retain_freed_memory
 

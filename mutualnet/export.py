@@ -55,6 +55,7 @@ def verify_onnx(model: Path | bytes, module: nn.Module, example: torch.Tensor) -
 def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = True) -> dict:
     """Write the static sub-network of ``config`` (with its calibrated statistics) to ``out``."""
     from .calibrate import calibrate_run
+    from .train.checkpoint import run_lock
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -69,8 +70,9 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
                           f"run `mutualnet calibrate {run.path}` first")
     _warn_untrained(run, config)
     if not run.is_calibrated(config):
-        log.info("calibrating %s (its statistics are saved with the run)", config.key)
-        calibrate_run(run, [config], progress=False)
+        with run_lock(run.path, "export"):  # refused before it says it calibrates
+            log.info("calibrating %s (its statistics are saved with the run)", config.name)
+            calibrate_run(run, [config], progress=False)
     model = run.model
     static = model.subnet(config.width, config.resolution, config.frames).cpu().eval()
     frames = (config.frames,) if config.frames else ()
@@ -113,7 +115,8 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     # dense heads name their outputs (cls_0, box_0, ctr_0, ...); classifiers: logits
     names = list(getattr(getattr(static, "head", None), "output_names", ["logits"]))
     torch.onnx.export(static, (example,), buffer, input_names=["images"], output_names=names,
-                      dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, dynamo=False)
+                      dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, dynamo=False,
+                      do_constant_folding=fold_bn)  # the exporter's folding merges BN too
     info["max_abs_diff_vs_torch"] = verify_onnx(buffer.getvalue(), static, example)
     atomic_write_bytes(out, _with_metadata(buffer.getvalue(),
                                            {"mutualnet": json.dumps(described)}))

@@ -24,8 +24,9 @@ def count_macs(
     """(MACs, parameters) of one image (or clip) through the active configuration.
 
     MACs are multiply-accumulates of convolution and linear layers (the unit papers call
-    FLOPs): the counter's FLOPs halved. ``width`` evaluates another width of a slimmable
-    model without changing its active configuration. A plain module is counted as it is.
+    FLOPs): the counter's FLOPs halved. ``width`` (``frames``) evaluates another width (frame
+    count) of a slimmable model without changing its active configuration. A plain module is
+    counted as it is.
     """
     resolution = whole("resolution", resolution, "a positive whole number of pixels")
     if resolution is None:
@@ -35,9 +36,11 @@ def count_macs(
         if in_chans is None:
             raise ConfigError("in_chans is needed to count a model that does not declare it")
     temporal = getattr(model, "temporal", None)
+    if temporal and frames is None and isinstance(model, SlimmableModel):
+        frames = model.config.frames  # the active configuration's, as for the width
     if temporal is not None and temporal != bool(frames):
         raise ConfigError(f"{type(model).__name__} takes {'clips' if temporal else 'images'}: "
-                          f"{'give' if temporal else 'drop'} the frame count")
+                          f"{'give' if temporal else 'drop'} the frame count (frames=)")
     shape = (1, in_chans) + ((frames,) if frames else ()) + (resolution, resolution)
     param = next(model.parameters(), None)
     x = torch.zeros(shape, device=param.device if param is not None else None,

@@ -333,7 +333,7 @@ def _markdown(report: dict) -> str:
     lines = [
         f"# Reproduction: {report['preset']}",
         "",
-        f"{report['description']}; {report['recipe']['train']['epochs']} epochs per run. "
+        f"{report['description']}; {_epochs(report['recipe']['train']['epochs'])} per run. "
         f"{_seeds(report['seeds'])}; top-1 (%) mean ± std over "
         f"seeds, all methods calibrated and evaluated by the same code, each on images resized "
         f"as it was trained: independent networks by the data pipeline (antialiased), "
@@ -408,3 +408,7 @@ def _write_report(out: Path, report: dict) -> None:
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     _plot(report, out / "curves.png")
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'s' * (count != 1)}"

@@ -46,10 +46,11 @@ def pareto_front(rows: list[dict[str, Any]], cost: str = "mmacs",
 
 
 def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
-           max_latency_ms: float | None = None) -> dict[str, Any]:
-    """The most accurate configuration within the budget (the cheaper one on a tie)."""
+           max_latency_ms: float | None = None, run: str | Path = "RUN") -> dict[str, Any]:
+    """The most accurate configuration within the budget (the cheaper one on a tie); ``run``
+    is the run directory the rows come from, named in the messages."""
     if (max_mmacs is None) == (max_latency_ms is None):
-        raise ConfigError("give exactly one budget: --max-mmacs or --max-latency-ms")
+        raise ConfigError("give exactly one budget: max_mmacs or max_latency_ms")
     cost, budget = ("mmacs", max_mmacs) if max_mmacs is not None else (
         "latency_ms", max_latency_ms)
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
@@ -58,8 +59,9 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
     untimed = sum("latency_ms" not in r for r in rows)
     if cost == "latency_ms" and untimed:
         which = "the grid has" if untimed == len(rows) else \
-            f"{untimed} of the {len(rows)} rows of the grid have"
-        raise ConfigError(f"{which} no latency; run `mutualnet evaluate RUN --latency` first")
+            f"{untimed} of the {len(rows)} rows of the grid {'has' if untimed == 1 else 'have'}"
+        raise ConfigError(f"{which} no latency; run `mutualnet evaluate {run} --latency` "
+                          f"first")
     metric = metric_of(rows)
     fits = [r for r in rows if r[cost] <= budget]
     if not fits:
@@ -128,7 +130,8 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         "# Query table",
         "",
         f"The most accurate configuration ({notation}) for each budget: the Pareto front "
-        f"of {len(rows)} evaluated configurations by {metric} against MACs.",
+        f"of {len(rows)} evaluated configuration{'s' * (len(rows) != 1)} by {metric} against "
+        f"MACs.",
         "",
     ]
     has_latency = all("latency_ms" in r for r in rows)

@@ -55,3 +55,9 @@ def test_a_file_the_system_refuses_is_one_line_and_exit_code_2(tmp_path, capsys)
     assert guarded(lambda: missing.read_text()) == 2
     err = capsys.readouterr().err
     assert err == f"error: {missing}: No such file or directory\n"
+
+
+def test_an_unknown_option_is_named_with_its_subcommand(capsys):
+    assert main(["macs", "resnet18", "--bogus", "1"]) == 2
+    assert capsys.readouterr().err == ("error: mutualnet macs: unrecognized arguments: --bogus 1 "
+                                       "(see 'mutualnet macs --help')\n")

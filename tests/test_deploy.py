@@ -12,7 +12,7 @@ import mutualnet
 from mutualnet import AdaptiveModel
 from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.errors import ConfigError
-from mutualnet.export import fold_batchnorm, load_exported
+from mutualnet.export import fold_batchnorm
 from mutualnet.run import load_run
 from mutualnet.select import pareto_front, read_grid, select
 from mutualnet.space import Config, to_config
@@ -187,9 +187,11 @@ def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
         select(rows, max_mmacs="1.0")
     assert select(rows, max_mmacs=np.int64(2)) == rows[0]
     timed = [{**rows[0], "latency_ms": 1.0}, {**rows[0], "width": 0.75}]
-    with pytest.raises(ConfigError, match=r"1 of the 2 rows of the grid have no latency; run "
-                                          r"`mutualnet evaluate RUN --latency`"):
-        select(timed, max_latency_ms=2.0)
+    with pytest.raises(ConfigError, match=r"1 of the 2 rows of the grid has no latency; run "
+                                          r"`mutualnet evaluate runs/x --latency`"):
+        select(timed, max_latency_ms=2.0, run="runs/x")
+    with pytest.raises(ConfigError, match=r"give exactly one budget: mmacs= or latency_ms="):
+        m.set_budget()
     from mutualnet.select import _label
 
     assert [_label({"width": w, "resolution": 28}) for w in (1.0, 0.9999, 0.35, 0.5)] == \
@@ -259,6 +261,19 @@ def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
         assert meta["input_shape"] == ["batch", 3, 12, 12]
         assert (meta["width"], meta["resolution"]) == (0.7, 12)
     assert stored["class_names"] == run.meta["class_names"]
+    # batch norm is folded into the convolutions, unless asked to stay
+    import onnx
+
+    def operators(path):
+        return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    assert "BatchNormalization" not in operators(out)
+    kept = tmp_path / "kept.onnx"
+    proc = cli("export", run_dir, "--width", "0.7", "--resolution", "12", "--format", "onnx",
+               "-o", kept, "--no-fold-bn")
+    assert proc.returncode == 0, proc.stderr
+    assert "BatchNormalization" in operators(kept)
+    assert json.loads(proc.stdout)["max_abs_diff_vs_torch"] <= 1e-4
 
 
 def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):

@@ -102,10 +102,15 @@ def test_resume_with_more_epochs_trains_further_and_records_them(tmp_path):
     assert summary["steps"] == 40 and load_checkpoint(run / "checkpoint.pt")["step"] == 40
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     assert train(tiny("train.epochs=2", "train.validate=false"), run, resume=True)["steps"] == 40
+    # the recipe records the latest leg, so that resuming with it goes on from there
+    train(tiny("train.epochs=3", "train.max_steps=50", "train.validate=false"), run, resume=True)
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (recorded["epochs"], recorded["max_steps"]) == (3, 50)
+    assert train(load_config(str(run / "config.yaml")), run, resume=True)["steps"] == 50
     # fewer epochs would relay the learning-rate schedule under the steps already trained
-    with pytest.raises(ConfigError, match="cannot lower train.epochs from 2 to 1.*--max-steps"):
+    with pytest.raises(ConfigError, match="cannot lower train.epochs from 3 to 1.*--max-steps"):
         train(tiny("train.epochs=1", "train.validate=false"), run, resume=True)
-    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):

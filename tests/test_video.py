@@ -125,6 +125,14 @@ def test_full_configuration_counts_match_the_papers(name, frames, resolution, gm
     assert abs(params / 1e6 - params_m) / params_m <= 0.05
 
 
+def test_clip_models_are_counted_at_their_active_frame_count_as_at_their_width():
+    with torch.device("meta"):
+        model = create_model("x3d_xs", num_classes=8)
+    model.set_config(width=0.5, resolution=32, frames=4)
+    assert count_macs(model, 32) == count_macs(model, 32, width=0.5, frames=4)
+    assert count_macs(model, 32, frames=8)[0] > count_macs(model, 32)[0]
+
+
 def test_slowfast_keeps_its_fast_pathway_and_laterals_at_every_width():
     model = create_model("slowfast_r50", num_classes=5, width_range=(0.5, 1.0), dropout=0.0)
     full_fast = [m.active_out for m in model.features.fast_stem.modules()

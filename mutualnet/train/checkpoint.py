@@ -140,8 +140,8 @@ def _check_files(run_dir: Path) -> None:
 
     for name in RUN_FILES:
         if (run_dir / name).is_dir():
-            raise MutualNetError(f"{run_dir / name} is a folder, where the run keeps a file of "
-                              f"that name; move it away and run this again")
+            raise MutualNetError(f"{run_dir / name} is a folder, where the run keeps a file "
+                                 f"of that name; move it away and run this again")
 
 
 def _holder(fd: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import random
 import signal
 import time
@@ -151,9 +152,6 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
                 f"cannot lower train.epochs from {saved['train']['epochs']} to "
                 f"{cfg.train.epochs} on resume: the learning-rate schedule of the steps trained "
                 f"is laid out over {saved['train']['epochs']}; stop earlier with --max-steps")
-        if "train.epochs" in differ and is_main:
-            saved["train"]["epochs"] = cfg.train.epochs
-            _write_config(run_dir, saved)
         return
     from ..run import held_run_files
 
@@ -166,6 +164,22 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
                           f"--out directory")
     if is_main:
         _write_config(run_dir, config_to_dict(cfg))
+
+
+def _remove_unstarted(run_dir: Path, created: bool) -> None:
+    """Remove what a new run wrote when it ends without a checkpoint (it failed before its
+    first step, or early in it): its config, log and lock, and its folder when it made it."""
+    from ..run import RUN_FILES
+
+    if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
+        return
+    for name in RUN_FILES:
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    if created:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when nothing else is in it
 
 
 def _write_config(run_dir: Path, config: dict) -> None:
@@ -260,11 +274,13 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = Distributed.from_env(device.type)
     held = contextlib.ExitStack()
+    created = not run_dir.exists()
     try:
-
         if dist.is_main and (run_dir.is_dir() or not resume):  # no other writer meanwhile
             held.enter_context(run_lock(run_dir, "train"))
         _prepare_run_dir(run_dir, cfg, resume, dist.is_main)
+        if dist.is_main and not resume:  # the folder holds no run: a failure before the
+            held.callback(_remove_unstarted, run_dir, created)  # first checkpoint leaves none
         dist.barrier()
         tc = cfg.train
         if tc.batch_size % (dist.world_size * tc.accumulate):
@@ -314,11 +330,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                                       f"retrain") from None
             step = int(state["step"])
             if step >= stop_step and _weights_are(run_dir / WEIGHTS, state["model"]):
+                more = ("raise --max-steps to go on" if tc.max_steps and stop_step == tc.max_steps
+                        else "raise --epochs or --max-steps to go on")
                 log.info("%s is trained to step %d already, and its weights are written: "
-                         "nothing to train (raise --epochs or --max-steps to go on)",
-                         run_dir, step)
+                         "nothing to train (%s)", run_dir, step, more)
                 return {"run": str(run_dir), "steps": step, "seconds": 0.0,
                         "validation": None}
+            if dist.is_main:  # the run's recipe is that of its latest leg, once it can go on
+                _write_config(run_dir, config_to_dict(cfg))
             log.info("resumed %s at step %d", run_dir, step)
 
         ddp_model: torch.nn.Module = model

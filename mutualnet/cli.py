@@ -159,7 +159,7 @@ def _open_run(args: argparse.Namespace):
 
     run = load_run(args.run, resolve_device(args.device))
     if getattr(args, "data", None):
-        run.config.data.root = args.data
+        run.use_data(args.data)
     return run
 
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 
-from .config import MIN_RESOLUTION, RunConfig, config_from_dict
+from .config import MIN_RESOLUTION, RunConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .nn.model import SlimmableModel
 from .space import Config, Space, channels_last
 from .tasks import build_task_model
 from .select import GRID_CSV, GRID_JSON, PARETO_PNG, QUERY_TABLE, RESULT_FILES
-from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS, load_checkpoint,
+from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS,
+                               atomic_write_bytes, load_checkpoint,
                                load_model_state, load_weights, save_weights)
 from .train.log import LOG
 
@@ -40,6 +41,15 @@ class Run:
     meta: dict[str, Any]
     model: SlimmableModel
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: a data location given to a run that records none (a converted run), recorded once the
+    #: data is found to fit
+    _unrecorded_root: str | None = field(default=None, repr=False)
+
+    def use_data(self, root: str) -> None:
+        """Read the data from ``root`` (it moved since training, or the run records none)."""
+        if self.config.data.root is None and self.config.data.format == "image_folder":
+            self._unrecorded_root = str(root)  # a folder format without a folder: converted
+        self.config.data.root = str(root)
 
     @property
     def space(self) -> Space:
@@ -108,6 +118,14 @@ class Run:
                 f"does not fit the model ({self.meta['num_classes']} classes, "
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
         info.check_classes(self.meta)
+        if self._unrecorded_root is not None:  # later commands need no --data
+            import yaml
+
+            recorded = config_to_dict(read_run_config(self.path))
+            recorded["data"]["root"] = self._unrecorded_root
+            atomic_write_bytes(self.path / CONFIG_FILE,
+                               yaml.safe_dump(recorded, sort_keys=False).encode())
+            self._unrecorded_root = None
         return train, val
 
     @property

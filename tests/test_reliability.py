@@ -403,6 +403,36 @@ def test_a_moved_folder_whose_classes_differ_from_the_runs_is_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_run_that_records_no_folder_records_the_first_that_fits(tmp_path):
+    """A converted run records no dataset: the folder given to its first command that reads
+    data (and fits) is recorded, so later commands need no --data; a run that records one
+    keeps it."""
+    import yaml
+
+    data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
+    run = tmp_path / "run"
+    with one_thread():
+        train(tiny("data.format=image_folder", f"data.root={data}", "data.augment=none",
+                   "train.batch_size=2", "train.max_steps=1", "train.validate=false",
+                   "space.resolutions=[16, 12]"), run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["root"] = None  # as convert-official writes it
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    evaluate = ["evaluate", run, "--widths", "1", "--resolutions", "16", "--batches", "1"]
+    one_line_error(cli(*evaluate))
+    other = make_image_folder(tmp_path / "other", classes=("ant", "bee", "cat", "dog"))
+    one_line_error(cli(*evaluate, "--data", other), "does not fit the model")
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] is None
+    proc = cli(*evaluate, "--data", data)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(data)
+    proc = cli(*evaluate)
+    assert proc.returncode == 0, proc.stderr
+    same = make_image_folder(tmp_path / "same", classes=("ant", "bee", "cat"))
+    assert cli(*evaluate, "--data", same).returncode == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(data)
+
+
 def test_resuming_on_moved_data_whose_classes_differ_is_refused(tmp_path):
     data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
     recipe = tiny_yaml(tmp_path, "data.format=image_folder", f"data.root={data}",

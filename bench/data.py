@@ -11,18 +11,16 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from common import Parser, emit, positive, program
 
 from mutualnet.config import load_config
 from mutualnet.data import build_datasets
-from mutualnet.data.base import collate_fn_of
 from mutualnet.space import Space
 from mutualnet.tasks import ClassificationTask
 from mutualnet.train import build_model
 from mutualnet.train.distributed import Distributed
-from mutualnet.train.loop import _train_step
+from mutualnet.train.loop import _loader, _train_step
 from mutualnet.train.optim import build_optimizer
 from mutualnet.train.order import EpochOrder, SeededItems
 
@@ -38,9 +36,8 @@ def main() -> None:
     batch = cfg.train.batch_size
 
     order = EpochOrder(len(train_set), batch, 0, 0)
-    loader = DataLoader(SeededItems(train_set), batch_size=batch, sampler=order,
-                        collate_fn=collate_fn_of(train_set), num_workers=cfg.data.num_workers,
-                        generator=torch.Generator())
+    # the loader `mutualnet train` builds (workers, start method, collate function)
+    loader = _loader(SeededItems(train_set), order, batch, cfg, torch.device("cpu"))
     it = iter(loader)
     images, labels = next(it)  # workers started; the step trains on this batch
     start = time.perf_counter()

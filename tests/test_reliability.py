@@ -385,15 +385,21 @@ def test_out_of_range_requests_are_one_line_and_change_nothing(tmp_path, run, ar
                          needles=(needle.format(**values),))
 
 
-def test_a_moved_folder_whose_classes_differ_from_the_runs_is_refused(tmp_path):
-    """Labels are indices into the sorted class folders: with a class missing (or renamed)
-    the same index means another class, which would score the model against wrong labels."""
+def folder_run(tmp_path: Path) -> tuple[Path, Path]:
+    """An image folder of the classes ant, bee and cat, and a run trained on it one step."""
     data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
     run = tmp_path / "run"
     with one_thread():
         train(tiny("data.format=image_folder", f"data.root={data}", "data.augment=none",
                    "train.batch_size=2", "train.max_steps=1", "train.validate=false",
                    "space.resolutions=[16, 12]"), run)
+    return data, run
+
+
+def test_a_moved_folder_whose_classes_differ_from_the_runs_is_refused(tmp_path):
+    """Labels are indices into the sorted class folders: with a class missing (or renamed)
+    the same index means another class, which would score the model against wrong labels."""
+    data, run = folder_run(tmp_path)
     moved = make_image_folder(tmp_path / "moved", classes=("ant", "cat"))
     fails_without_damage(run, "calibrate", run, "--data", moved, "--widths", "1",
                          "--resolutions", "16", needles=("ant, cat", "ant, bee, cat"))
@@ -409,12 +415,7 @@ def test_a_run_that_records_no_folder_records_the_first_that_fits(tmp_path):
     keeps it."""
     import yaml
 
-    data = make_image_folder(tmp_path / "data", classes=("ant", "bee", "cat"))
-    run = tmp_path / "run"
-    with one_thread():
-        train(tiny("data.format=image_folder", f"data.root={data}", "data.augment=none",
-                   "train.batch_size=2", "train.max_steps=1", "train.validate=false",
-                   "space.resolutions=[16, 12]"), run)
+    data, run = folder_run(tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["root"] = None  # as convert-official writes it
     (run / "config.yaml").write_text(yaml.safe_dump(config))

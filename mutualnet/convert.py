@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from .config import RunConfig, config_to_dict
 from .errors import CheckpointError, ConfigError
 from .models import create_model
-from .train.checkpoint import WEIGHTS, atomic_write_bytes, save_weights, torch_load
+from .train.checkpoint import WEIGHTS, save_weights, torch_load, write_config
 
 __all__ = ["ARCHES", "convert_official", "map_official_key", "read_official"]
 
@@ -172,8 +171,7 @@ def convert_official(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {out}: {exc.strerror}; choose a writable -o") from None
-    atomic_write_bytes(out / "config.yaml",
-                       yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+    write_config(out, config_to_dict(cfg))
     save_weights(out / WEIGHTS, model.state_dict(), meta)
     return {"run": str(out), "arch": arch, "weights": len(state), "num_classes": num_classes,
             "width_range": list(width_range), "dropped_bn_statistics": dropped,

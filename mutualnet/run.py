@@ -15,9 +15,8 @@ from .nn.model import SlimmableModel
 from .space import Config, Space, channels_last
 from .tasks import build_task_model
 from .select import GRID_CSV, GRID_JSON, PARETO_PNG, QUERY_TABLE, RESULT_FILES
-from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS,
-                               atomic_write_bytes, load_checkpoint,
-                               load_model_state, load_weights, save_weights)
+from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS, load_checkpoint,
+                               load_model_state, load_weights, save_weights, write_config)
 from .train.log import LOG
 
 __all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV",
@@ -119,12 +118,9 @@ class Run:
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
         info.check_classes(self.meta)
         if self._unrecorded_root is not None:  # later commands need no --data
-            import yaml
-
             recorded = config_to_dict(read_run_config(self.path))
             recorded["data"]["root"] = self._unrecorded_root
-            atomic_write_bytes(self.path / CONFIG_FILE,
-                               yaml.safe_dump(recorded, sort_keys=False).encode())
+            write_config(self.path, recorded)
             self._unrecorded_root = None
         return train, val
 

@@ -34,6 +34,7 @@ __all__ = [
     "save_checkpoint",
     "save_weights",
     "torch_load",
+    "write_config",
     "writes_run",
 ]
 
@@ -151,6 +152,14 @@ def _holder(fd: int) -> str:
         return f"`mutualnet {holder['command']}` (process {int(holder['pid'])})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another mutualnet command"
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write a run's resolved recipe (``config.yaml``) atomically."""
+    import yaml
+
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE,
+                       yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def _fsync_dir(directory: Path) -> None:

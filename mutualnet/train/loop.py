@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -34,7 +34,8 @@ from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
 from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, load_model_state, load_weights,
-                         resume_checkpoint, run_lock, save_checkpoint, save_weights)
+                         resume_checkpoint, run_lock, save_checkpoint, save_weights,
+                         write_config)
 from .distributed import Distributed, resolve_device
 from .log import RunLog
 from .optim import build_optimizer, lr_at
@@ -183,17 +184,12 @@ def _remove_unstarted(run_dir: Path, created: bool) -> None:
 
 
 def _write_config(run_dir: Path, config: dict) -> None:
-    import yaml
-
-    from .checkpoint import atomic_write_bytes
-
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / CONFIG_FILE,
-                           yaml.safe_dump(config, sort_keys=False).encode())
     except OSError as exc:
         raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror}; choose a "
                           f"writable --out") from None
+    write_config(run_dir, config)
 
 
 def _weights_are(path: Path, state: dict[str, torch.Tensor]) -> bool:

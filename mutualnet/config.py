@@ -50,6 +50,11 @@ class ModelConfig:
     backbone_weights: str | None = None
 
 
+#: data.augment and data.shift_pad: the training transforms' geometry and its fill
+AUGMENTS = ("shift", "resized_crop", "none")
+SHIFT_PADS = ("zeros", "reflect")
+
+
 @dataclass
 class SpaceConfig:
     """The configurations trained together (see ``mutualnet.space.Space``)."""
@@ -168,12 +173,11 @@ class RunConfig:
         if self.data.skip_bad_files and self.data.format not in ("image_folder", "video_folder"):
             raise ConfigError(f"data.skip_bad_files applies to image_folder and video_folder "
                               f"data, not {self.data.format}; remove it")
-        if self.data.augment not in ("shift", "resized_crop", "none"):
-            raise ConfigError("data.augment must be shift, resized_crop or none, "
-                              f"got {self.data.augment!r}")
-        if self.data.shift_pad not in ("zeros", "reflect"):
-            raise ConfigError(f"data.shift_pad must be zeros or reflect, "
-                              f"got {self.data.shift_pad!r}")
+        for key, allowed in (("augment", AUGMENTS), ("shift_pad", SHIFT_PADS)):
+            value = getattr(self.data, key)
+            if value not in allowed:
+                raise ConfigError(f"data.{key} must be {', '.join(allowed[:-1])} or "
+                                  f"{allowed[-1]}, got {value!r}")
         if not 0 <= self.data.color_jitter < 1:
             raise ConfigError(f"data.color_jitter must be in [0, 1), got {self.data.color_jitter}")
         if self.train.mode not in MODES:

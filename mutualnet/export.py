@@ -117,9 +117,9 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     torch.onnx.export(static, (example,), buffer, input_names=["images"], output_names=names,
                       dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, dynamo=False,
                       do_constant_folding=fold_bn)  # the exporter's folding merges BN too
-    info["max_abs_diff_vs_torch"] = verify_onnx(buffer.getvalue(), static, example)
-    atomic_write_bytes(out, _with_metadata(buffer.getvalue(),
-                                           {"mutualnet": json.dumps(described)}))
+    exported = buffer.getvalue()
+    info["max_abs_diff_vs_torch"] = verify_onnx(exported, static, example)
+    atomic_write_bytes(out, _with_metadata(exported, {"mutualnet": json.dumps(described)}))
     return info
 
 

@@ -333,8 +333,9 @@ def _markdown(report: dict) -> str:
     lines = [
         f"# Reproduction: {report['preset']}",
         "",
-        f"{report['description']}; {_epochs(report['recipe']['train']['epochs'])} per run. "
-        f"{_seeds(report['seeds'])}; top-1 (%) mean ± std over "
+        f"{report['description']}; {_counted(report['recipe']['train']['epochs'], 'epoch')} "
+        f"per run. "
+        f"{_counted(report['seeds'], 'seed')}; top-1 (%) mean ± std over "
         f"seeds, all methods calibrated and evaluated by the same code, each on images resized "
         f"as it was trained: independent networks by the data pipeline (antialiased), "
         f"MutualNet's configurations on the device ({_resize_name(report)}). MutualNet and "
@@ -397,18 +398,14 @@ def _plot(report: dict, path: Path) -> None:
                     yerr=[s["single_top1"]["std"]], marker="*", ms=10, ls="none", capsize=3,
                     color="k", label="full network trained alone")
     save_mmacs_figure(fig, ax, "top-1 (%)",
-                      f"{report['preset']}: {_seeds(report['seeds'])}, mean ± std", path)
+                      f"{report['preset']}: {_counted(report['seeds'], 'seed')}, mean ± std", path)
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed{'s' * (n > 1)}"
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _write_report(out: Path, report: dict) -> None:
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     _plot(report, out / "curves.png")
-
-
-def _epochs(count: int) -> str:
-    return f"{count} epoch{'s' * (count != 1)}"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import AUGMENTS, SHIFT_PADS
 from ..errors import ConfigError
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "pil_to_tensor",
 ]
 
-AUGMENTS = ("shift", "resized_crop", "none")
-SHIFT_PADS = ("zeros", "reflect")
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # ITU-R 601-2 luma, the weights of Pillow's convert("L")
 _LUMA = (0.299, 0.587, 0.114)

@@ -74,6 +74,12 @@ class NonFiniteLoss(MutualNetError):
 class _Stop:
     signal: int | None = None
 
+    def interrupted(self, step: int) -> TrainingInterrupted:
+        """What stops the run, its checkpoint at ``step`` saved."""
+        return TrainingInterrupted(f"stopped by {signal.Signals(self.signal).name} at step "
+                                   f"{step}; checkpoint saved, continue with --resume",
+                                   self.signal)
+
 
 def build_space(cfg: RunConfig) -> Space:
     """The configurations a mode trains.
@@ -404,9 +410,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                         checkpoint()
                     if stop.signal is not None:
                         checkpoint()
-                        raise TrainingInterrupted(
-                            f"stopped by {signal.Signals(stop.signal).name} at step {step}; "
-                            f"checkpoint saved, continue with --resume", stop.signal)
+                        raise stop.interrupted(step)
                     if step >= stop_step:
                         break
                 if bar is not None:
@@ -423,9 +427,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                                        **last_validation})
                         log.info("epoch %d: %s", epoch + 1, _format_validation(last_validation))
                 if stop.signal is not None:  # signalled while validating: saved above
-                    raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(stop.signal).name} at step {step}; "
-                        f"checkpoint saved, continue with --resume", stop.signal)
+                    raise stop.interrupted(step)
         finally:
             _restore_signal_handlers(handlers)
             run_log.close()

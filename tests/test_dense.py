@@ -167,6 +167,17 @@ def test_dense_subnet_matches_the_slimmable_network_and_scripts(task):
         assert want[0].shape == (2, 3, 48, 48)
 
 
+def test_a_task_that_is_not_one_is_a_config_error_naming_it():
+    """Weights whose saved description names an unknown task (a damaged file) are refused
+    in one line, not a KeyError from inside the head builder."""
+    from mutualnet.tasks import build_task_model
+
+    with pytest.raises(ConfigError, match="task must be one of classification, detection, "
+                                          "segmentation, got ' lassification'"):
+        build_task_model(" lassification", "mobilenet_v2", num_classes=3, in_chans=3,
+                         width_range=(0.5, 1.0), options={})
+
+
 def test_dense_models_take_any_2d_backbone_and_refuse_missing_strides():
     small_v1 = {"block_setting": [[16, 1, 1], [16, 1, 2], [24, 1, 2], [32, 1, 2], [48, 1, 2]],
                 "stem_channels": 8}

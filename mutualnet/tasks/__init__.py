@@ -47,6 +47,8 @@ def build_task_model(task: str, name: str, *, num_classes: int, in_chans: int,
     from ..models import create_model
     from ..models.dense import create_dense_model
 
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     for key, source in (("num_classes", "the data"), ("in_chans", "the data"),
                         ("width_range", "space.width_range")):
         if key in options:

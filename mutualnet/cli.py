@@ -398,9 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def command() -> int:
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra:  # named by the subcommand they were given to
-            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        given = list(sys.argv[1:] if argv is None else argv)
+        args, extra = parser.parse_known_args(given)
+        if extra:  # named by the command they were given to
+            first = given.index(args.command)
+            before = [a for a in extra if a in given[:first]]
+            (parser if before else parser.commands[args.command]).error(
+                f"unrecognized arguments: {' '.join(before or extra)}")
         if args.command in _COMPUTING:
             from .train.allocator import retain_freed_memory
 

@@ -61,3 +61,7 @@ def test_an_unknown_option_is_named_with_its_subcommand(capsys):
     assert main(["macs", "resnet18", "--bogus", "1"]) == 2
     assert capsys.readouterr().err == ("error: mutualnet macs: unrecognized arguments: --bogus 1 "
                                        "(see 'mutualnet macs --help')\n")
+    # one given before the subcommand is the program's, not the subcommand's
+    assert main(["--bogus", "macs", "resnet18"]) == 2
+    assert capsys.readouterr().err == ("error: mutualnet: unrecognized arguments: --bogus "
+                                       "(see 'mutualnet --help')\n")

@@ -157,6 +157,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     ddp = tmp_path / "ddp"
     proc = _torchrun(["train", recipe, "--out", str(ddp), "--device", "cpu"], {})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "deprecated" not in proc.stderr  # torch's DDP options as torch now names them
     single = tmp_path / "single"
     train(tiny("train.max_steps=6", "train.validate=false", "train.accumulate=2"), single)
     a = load_checkpoint(ddp / "checkpoint.pt")["model"]

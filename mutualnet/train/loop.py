@@ -239,6 +239,17 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's option not to broadcast buffers at every forward (each rank's BN statistics
+    are its own until a validation calibrates them): ``forward_sync_buffers`` where torch has
+    it (``broadcast_buffers`` is deprecated there), ``broadcast_buffers`` before."""
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
+
+
 def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) -> DataLoader:
     workers = cfg.data.num_workers
     return Loader(
@@ -346,7 +357,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         if dist.enabled:
             ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,
+                **_no_buffer_sync(),
             )
 
         run_log = RunLog(run_dir, enabled=dist.is_main, keep_until=step)

@@ -82,6 +82,17 @@ class AdaptiveModel(nn.Module):
         self._nets.clear()  # built again from the moved model when next used
         return super()._apply(fn, recurse)
 
+    def load_state_dict(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        self._nets.clear()  # built again from the new weights and statistics
+        return super().load_state_dict(*args, **kwargs)
+
+    def rebuild(self) -> None:
+        """Forget the inference networks built so far: needed after the run's model was
+        changed other than through this object's ``load_state_dict`` or ``.to()`` (which do
+        it themselves), e.g. its weights edited in place. Each configuration's network is
+        built again from the model when next used."""
+        self._nets.clear()
+
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """Logits of ``images`` (float, normalised as the run's data; any size: resized to the
@@ -91,6 +102,11 @@ class AdaptiveModel(nn.Module):
         if not images.is_floating_point():
             raise ConfigError(f"AdaptiveModel takes float images (normalised as the run's data), "
                               f"got {images.dtype}")
+        temporal = getattr(self.model, "temporal", False)
+        rank, layout = (5, "[N, C, T, H, W] clips") if temporal else (4, "[N, C, H, W] images")
+        if images.dim() != rank or images.shape[1] != self.model.in_chans:
+            raise ConfigError(f"AdaptiveModel takes {layout} with C = {self.model.in_chans}, "
+                              f"got shape {list(images.shape)}")
         like = next(self.model.parameters())
         config = self._config
         net = self._nets.get(config)  # by the exact widths: two may share a key

@@ -194,5 +194,6 @@ def evaluate_run(
             row["latency_ms"] = round(measure_latency(static, (1, *shape), run.device), 4)
             row[f"latency_ms_b{latency_batch}"] = round(
                 measure_latency(static, (latency_batch, *shape), run.device, 2, 7), 4)
+            row["latency_device"] = str(run.device)
     update_results(run.path, rows, device=str(run.device))
     return rows

@@ -255,7 +255,7 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
     compared = [m for m in METHODS if m in methods]
     budgets = []
     for (width, resolution), mmacs in zip(preset.budgets, _budget_mmacs(preset, meta)):
-        line: dict[str, Any] = {"config": f"{width:g}-{resolution}", "mmacs": mmacs}
+        line: dict[str, Any] = {"config": Config(width, resolution).name, "mmacs": mmacs}
         for method in compared:
             values, chosen = [], []
             for seed in range(seeds):
@@ -265,7 +265,7 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
                     row = _best_within(by_seed[seed][method]["rows"], mmacs)
                 if row is not None:
                     values.append(row["top1"])
-                    chosen.append(f"{row['width']:g}-{row['resolution']}")
+                    chosen.append(Config(row["width"], row["resolution"]).name)
             mean, std = _mean_std(values)
             line[method] = {"mean": mean, "std": std, "n": len(values), "configs": chosen}
         budgets.append(line)
@@ -285,7 +285,7 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
             single_acc.append(entry["rows"][0]["top1"])
             mutual_full.append(mutual)
             gains.append(mutual - single_acc[-1])
-        single = {"full_config": f"{full[0]:g}-{full[1]}", "single_top1": _ms(single_acc),
+        single = {"full_config": Config(*full).name, "single_top1": _ms(single_acc),
                   "mutualnet_full_top1": _ms(mutual_full), "gain": _ms(gains)}
     times = []
     for seed in range(seeds):

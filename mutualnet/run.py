@@ -33,6 +33,16 @@ def held_run_files(folder: Path) -> list[str]:
             if (Path(folder) / name).exists()]
 
 
+
+def _whole(name: str, value: Any) -> int | None:
+    """A count of a configuration as an int (a whole float is taken, as ``set_config``
+    takes it); its range is checked where the message can say what the run takes."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return None if value is None else int(value)
+
 @dataclass
 class Run:
     path: Path
@@ -80,15 +90,15 @@ class Run:
 
     def check_config(self, config: Config) -> Config:
         """Validate a configuration against what the model can run."""
-        self.model.check_width(config.width)
+        if isinstance(config.width, (bool, str)):  # float() would take True and "0.5"
+            raise ConfigError(f"width must be a number, got {config.width!r}")
+        width = self.model.check_width(config.width)
         trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
         if config.resolution is None:
             raise ConfigError(f"a configuration needs a resolution (this run was trained at "
                               f"{trained})")
-        for name, value in (("resolution", config.resolution), ("frames", config.frames)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, numbers.Integral)):
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        config = Config(width, _whole("resolution", config.resolution),
+                        _whole("frames", config.frames))
         if config.resolution < MIN_RESOLUTION:
             raise ConfigError(f"resolution {config.resolution} is too small: give at least "
                               f"{MIN_RESOLUTION} pixels (this run was trained at {trained})")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MutualNetError
-from .space import is_count
+from .space import Config, is_count
 from .train.checkpoint import atomic_write_bytes
 
 __all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
@@ -115,15 +115,16 @@ def _grid_problem(rows: list[dict[str, Any]]) -> str | None:
 
 
 def _label(row: dict[str, Any]) -> str:
-    """The paper's notation, width-resolution, e.g. 0.75-160."""
-    width = f"{row['width']:.4f}".rstrip("0")  # as configurations are named
-    label = f"{width}0-{row['resolution']}" if width.endswith(".") else \
-        f"{width}-{row['resolution']}"
-    return f"{label}-{row['frames']}f" if row.get("frames") else label
+    """The configuration's name (:attr:`~mutualnet.space.Config.name`), e.g. 0.75-160."""
+    return Config(row["width"], row["resolution"], row.get("frames") or None).name
 
 
 def _query_table(rows: list[dict[str, Any]], device: str) -> str:
+    """The query table; ``device`` is where latencies were measured for rows that do not
+    say (grids written before rows recorded it)."""
     metric = metric_of(rows)
+    device = ", ".join(dict.fromkeys(str(r.get("latency_device", device)) for r in rows
+                                     if "latency_ms" in r)) or device
     has_frames = any(r.get("frames") for r in rows)
     notation = "width-resolution-frames" if has_frames else "width-resolution"
     lines = [
@@ -227,12 +228,16 @@ def _rows_kept(run_dir: Path, replacing: bool = False) -> list[dict[str, Any]]:
     """The rows of the run's grid, or none when there is none or it is damaged (with a
     warning when the caller is ``replacing`` it)."""
     try:
-        return read_grid(run_dir) if (Path(run_dir) / GRID_JSON).is_file() else []
+        rows = read_grid(run_dir) if (Path(run_dir) / GRID_JSON).is_file() else []
     except ConfigError as exc:
         if replacing:
             logging.getLogger("mutualnet").warning(
                 "%s; it is replaced by this evaluation's rows", str(exc).split("; run")[0])
         return []
+    for row in rows:  # rows written before they recorded it: the device of the table heading
+        if "latency_ms" in row and "latency_device" not in row:
+            row["latency_device"] = _latency_device(run_dir)
+    return rows
 
 
 def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
@@ -247,8 +252,8 @@ def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu
         if same is None:
             kept.append(row)
             continue
-        if "latency_ms" not in same:  # every latency column of the earlier row
-            same.update((k, v) for k, v in row.items() if k.startswith("latency_ms"))
+        if "latency_ms" not in same:  # every latency column of the earlier row, its device
+            same.update((k, v) for k, v in row.items() if k.startswith("latency"))
     merged = sorted(kept + list(new.values()), key=_configuration)
     write_results(run_dir, merged, device)
     return merged
@@ -258,8 +263,6 @@ def remove_results_of(run_dir: Path, keys: set[str]) -> list[str]:
     """Drop the rows of the run's grid that measured a configuration in ``keys`` (whose
     calibrated statistics were replaced) and rewrite the results from the others, or remove
     the results when no row is left; returns the configurations dropped."""
-    from .space import Config
-
     rows = _rows_kept(run_dir)
     measured = [Config(r["width"], r["resolution"], r.get("frames")) for r in rows]
     dropped = [config.name for config in measured if config.key in keys]
@@ -267,14 +270,15 @@ def remove_results_of(run_dir: Path, keys: set[str]) -> list[str]:
         return []
     kept = [row for row, config in zip(rows, measured) if config.key not in keys]
     if kept:
-        write_results(run_dir, kept, _latency_device(run_dir))
+        write_results(run_dir, kept)
     else:
         remove_results(run_dir)
     return dropped
 
 
 def _latency_device(run_dir: Path) -> str:
-    """The device the run's query table says its latencies were measured on."""
+    """The device the run's query table says its latencies were measured on (rows record
+    it since; see :func:`_rows_kept`)."""
     try:
         found = re.search(r"^## By measured latency \((.+)\)$",
                           (Path(run_dir) / QUERY_TABLE).read_text(), re.MULTILINE)

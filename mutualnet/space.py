@@ -34,9 +34,14 @@ class Config:
 
     @property
     def name(self) -> str:
-        """The configuration as people write it: width-resolution (-frames), e.g. 0.5-160."""
-        parts = [f"{self.width:g}", *(str(int(v)) for v in (self.resolution, self.frames)
-                                      if v is not None)]
+        """The configuration in the paper's notation, width-resolution(-frames), e.g. 1.0-224,
+        0.75-160, 0.5-112-8f (the width to 4 decimals, as in :attr:`key`)."""
+        width = f"{float(self.width):.4f}".rstrip("0")
+        parts = [width + "0" if width.endswith(".") else width]
+        if self.resolution is not None:
+            parts.append(str(int(self.resolution)))
+        if self.frames is not None:
+            parts.append(f"{int(self.frames)}f")
         return "-".join(parts)
 
 

@@ -156,7 +156,7 @@ def test_serving_a_converted_run_needs_the_configurations_calibrated(tmp_path):
 
     run_dir = _scaled_run(tmp_path)
     x = torch.randn(1, 3, 128, 128)
-    with pytest.raises(ConfigError, match=r"1-224 of .* has no calibrated statistics .*; "
+    with pytest.raises(ConfigError, match=r"1.0-224 of .* has no calibrated statistics .*; "
                                           r"run `mutualnet calibrate .* --widths 1 "
                                           r"--resolutions 224`"):
         AdaptiveModel.load(run_dir)(x)

@@ -86,7 +86,7 @@ def test_evaluate_writes_the_grid_table_and_plot(run_dir):
     for row in rows:
         assert {"width", "resolution", "mmacs", "params_m", "top1", "top5", "latency_ms",
                 "latency_ms_b4"} <= set(row)
-        assert 0 <= row["top1"] <= row["top5"] <= 100
+        assert 0 <= row["top1"] <= row["top5"] <= 100 and row["latency_device"] == "cpu"
     full = next(r for r in rows if r["width"] == 1.0 and r["resolution"] == 16)
     assert full["mmacs"] == max(r["mmacs"] for r in rows) and full["top1"] > 50
     for name in ("grid.csv", "query_table.md", "pareto.png"):
@@ -516,6 +516,56 @@ def test_a_row_measured_again_without_latency_keeps_every_latency_column(tmp_pat
     update_results(tmp_path, [{"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.5}])
     [row] = read_grid(tmp_path)
     assert row["top1"] == 90.5 and row["latency_ms"] == 0.5 and row["latency_ms_b32"] == 3.0
+
+
+def test_adaptive_model_serves_the_weights_loaded_into_it(run_dir):
+    """Its networks are built on first use; loading other weights (or rebuild() after an
+    edit in place) builds them again, so it never serves stale weights."""
+    m = AdaptiveModel.load(run_dir)
+    m.use((0.5, 12))
+    x = torch.randn(2, 3, 12, 12)
+    before = m(x)
+    zeroed = {k: torch.zeros_like(v) if k.endswith("weight") else v
+              for k, v in m.state_dict().items()}
+    m.load_state_dict(zeroed)
+    fresh = AdaptiveModel.load(run_dir)
+    fresh.load_state_dict(zeroed)
+    fresh.use((0.5, 12))
+    assert not torch.equal(m(x), before) and torch.equal(m(x), fresh(x))
+    m.model.head[-1].bias.data.add_(1.0)  # in place: rebuild() makes it seen
+    m.rebuild()
+    torch.testing.assert_close(m(x), fresh(x) + 1.0)
+
+
+def test_adaptive_model_takes_what_set_config_takes_and_checks_the_input_shape(run_dir):
+    m = AdaptiveModel.load(run_dir)
+    assert m.use((0.5, 12.0)) == Config(0.5, 12) and type(m.config.resolution) is int
+    assert type(m.use((1, 12)).width) is float
+    for bad, message in (((True, 12), "width must be a number, got True"),
+                         (("0.5", 12), "width must be a number, got '0.5'")):
+        with pytest.raises(ConfigError, match=message):
+            m.use(bad)
+    with pytest.raises(ConfigError, match=r"AdaptiveModel takes \[N, C, H, W\] images with "
+                                          r"C = 3, got shape \[2, 1, 12, 12\]"):
+        m(torch.randn(2, 1, 12, 12))
+    with pytest.raises(ConfigError, match=r"got shape \[3, 12, 12\]"):
+        m(torch.randn(3, 12, 12))
+
+
+def test_the_latency_heading_names_the_device_the_latencies_were_measured_on(tmp_path):
+    """Measured on a GPU, measured again on the CPU without latency: the latencies kept are
+    still the GPU's, whether the earlier rows recorded their device or only the heading did."""
+    from mutualnet.select import read_grid, update_results
+
+    for earlier in ({}, {"latency_device": "cuda:0"}):
+        old = {"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.0, "latency_ms": 0.5,
+               **earlier}
+        update_results(tmp_path, [old], device="cuda:0")
+        update_results(tmp_path, [{"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.5}],
+                       device="cpu")
+        [row] = read_grid(tmp_path)
+        assert row["latency_device"] == "cuda:0"
+        assert "## By measured latency (cuda:0)" in (tmp_path / "query_table.md").read_text()
 
 
 def test_an_antialiased_run_resizes_so_everywhere(tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """Slimmable layers: channel rules, slicing, per-configuration BN statistics."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,14 +232,69 @@ def test_extraction_and_folding_keep_the_models_dtype():
 
 @pytest.mark.parametrize("build, message", [
     (lambda: create_model("mobilenet_v2", stem_channels=0),
-     r"'mobilenet_v2' refuses its options \(a layer needs at least one channel, got 0\)"),
+     r"'mobilenet_v2' refuses its options \(channel counts must be positive whole numbers, "
+     r"got 0\)"),
+    (lambda: create_model("mobilenet_v2", stem_channels=2.5),
+     r"channel counts must be positive whole numbers, got 2.5"),
     (lambda: create_model("mobilenet_v2", dropout=-1),
-     r"'mobilenet_v2' refuses its options \(dropout must be in \[0, 1\), got -1\)"),
-    (lambda: create_model("mobilenet_v1", dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
+     r"'mobilenet_v2' refuses its options \(dropout must be a number in \[0, 1\), got -1\)"),
+    (lambda: create_model("mobilenet_v1", dropout=1.5),
+     r"dropout must be a number in \[0, 1\), got 1.5"),
+    (lambda: create_model("mobilenet_v2", num_classes=2.5),
+     r"num_classes must be a positive whole number, got 2.5"),
+    (lambda: create_model("resnet18", in_chans="3"), r"in_chans must be a positive whole number"),
+    (lambda: create_model("mobilenet_v2", width_range=(0.5, float("inf"))),
+     r"width_range must satisfy 0 < lo <= hi \(finite\), got \(0.5, inf\)"),
+    # every model the same check of the same option
+    (lambda: create_model("x3d_xs", dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+    (lambda: create_model("slowfast_r50", dropout=-1), r"dropout must be a number in \[0, 1\)"),
+    (lambda: create_model("wide_resnet28_10", dropout=-1),
+     r"dropout must be a number in \[0, 1\)"),
+    # the 3D networks' structure
+    (lambda: create_model("slow_r50", depths=[1, 1]),
+     r"depths must be 4 positive whole numbers, got \[1, 1\]"),
+    (lambda: create_model("slow_r50", temporal_kernels=[0, 1, 1, 1]),
+     r"temporal_kernels must be 4 positive whole numbers"),
+    (lambda: create_model("slowfast_r50", depths=[1, 1]), r"depths must be 4 positive whole"),
+    (lambda: create_model("slowfast_r50", alpha=2.5),
+     r"alpha must be a positive whole number, got 2.5"),
+    (lambda: create_model("x3d_xs", channels=[8, 16], depths=[-1, 1], head_channels=16),
+     r"depths must be 2 positive whole numbers, got \[-1, 1\]"),
+    (lambda: create_model("x3d_xs", se_ratio=-0.5), r"se_ratio must be a number in \[0, 1\)"),
 ])
 def test_model_options_out_of_range_are_refused(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+def test_make_divisible_refuses_what_it_cannot_round():
+    from mutualnet.nn.layers import make_divisible
+
+    assert make_divisible(10) == 16 and make_divisible(10, 4) == 12
+    for value, divisor in ((10, 0), (-5, 8), (float("inf"), 8)):
+        with pytest.raises(ValueError, match="divisor must be|positive finite number"):
+            make_divisible(value, divisor)
+
+
+def test_calibrated_statistics_take_the_models_dtype_when_loaded():
+    """A state dict saved from a float64 (or bfloat16) copy loads into a float32 model with
+    every statistic in float32: the calibrated ones as the running ones."""
+    from mutualnet.calibrate import calibrate
+    from mutualnet.space import Config
+
+    kw = dict(num_classes=5, small_input=True, stem_channels=8, last_channels=32,
+              block_setting=[[1, 16, 1, 1], [2, 24, 2, 2]])
+    model = create_model("mobilenet_v2", **kw)
+    calibrate(model, [torch.randn(4, 3, 16, 16)], [Config(0.5, 16)])
+    for dtype in (torch.float64, torch.bfloat16):
+        fresh = create_model("mobilenet_v2", **kw).eval()
+        fresh.load_state_dict(copy.deepcopy(model).to(dtype).state_dict())
+        bn = next(m for m in fresh.modules() if isinstance(m, SlimBatchNorm2d))
+        assert {t.dtype for t in bn.calibrated["w0p5_r16"]} == {torch.float32}
+        fresh.set_config(0.5, 16)
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(x), fresh.subnet().eval()(x))
 
 
 def test_count_macs_takes_a_whole_float_resolution_and_refuses_a_fraction():

@@ -568,8 +568,9 @@ def test_recalibrating_configurations_of_the_table_drops_their_rows(run_copy):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["batches"] == 1
     assert "dropped 0.5-12 from the results" in proc.stderr
-    assert json.loads((run_copy / "grid.json").read_text()) == [
-        r for r in before if (r["width"], r["resolution"]) != (0.5, 12)]
+    assert json.loads((run_copy / "grid.json").read_text()) == [  # the device now in the rows
+        {**r, "latency_device": "cuda:3"} for r in before if (r["width"], r["resolution"])
+        != (0.5, 12)]
     assert (run_copy / "grid.csv").read_text().count("\n") == len(before)
     assert "## By measured latency (cuda:3)" in (run_copy / "query_table.md").read_text()
     proc = cli("calibrate", run_copy, "--widths", "0.5,1", "--resolutions", "12,16",

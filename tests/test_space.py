@@ -99,7 +99,9 @@ def test_config_keys_are_state_dict_safe(width):
     assert "." not in Config(width, 224, 8).key
 
 
-def test_config_names_read_as_written_on_the_command_line():
+def test_config_names_are_the_papers_notation_as_in_the_query_table():
     assert Config(0.5, 160).name == "0.5-160"
-    assert Config(1.0, 224, 8).name == "1-224-8"
+    assert Config(1.0, 224, 8).name == "1.0-224-8f"
+    assert Config(1, 28).name == "1.0-28"
     assert Config(0.3333).name == "0.3333"
+    assert Config(0.33333333, 20).name == "0.3333-20"  # to 4 decimals, as the key

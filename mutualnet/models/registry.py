@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,8 @@ from ..errors import ConfigError, UnknownModelError
 from ..nn.model import SlimmableModel
 from ..space import is_count
 
-__all__ = ["register_model", "register_variant", "create_model", "list_models", "model_options"]
+__all__ = ["check_count", "check_counts", "check_rows", "create_model", "list_models",
+           "model_options", "register_model", "register_variant"]
 
 _REGISTRY: dict[str, Callable[..., SlimmableModel]] = {}
 
@@ -70,6 +72,29 @@ def check_rows(option: str, rows: Any, fields: tuple[str, ...]) -> list[tuple[in
             raise ValueError(f"{option} row {row!r} needs {len(fields)} positive whole numbers "
                              f"[{', '.join(fields)}]")
     return [tuple(row) for row in rows]
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def check_counts(option: str, values: Any, length: int | None = None) -> tuple[int, ...]:
+    """A model option that lists positive whole numbers (``length`` of them when given,
+    at least one otherwise); a ValueError naming the option otherwise."""
+    ok = isinstance(values, (list, tuple)) and all(map(_count, values)) and (
+        len(values) == length if length is not None else len(values) > 0)
+    if not ok:
+        count = f"{length} positive whole numbers" if length is not None else \
+            "a non-empty list of positive whole numbers"
+        raise ValueError(f"{option} must be {count}, got {values!r}")
+    return tuple(int(v) for v in values)
+
+
+def check_count(option: str, value: Any) -> int:
+    """A model option that is one positive whole number; a ValueError naming it otherwise."""
+    if not _count(value):
+        raise ValueError(f"{option} must be a positive whole number, got {value!r}")
+    return int(value)
 
 
 def register_variant(name: str, cls: type[SlimmableModel], **fixed) -> None:

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..nn import ConcatDim, Dim, SlimLinear, SlimmableModel, classifier_head, conv_bn
-from .registry import register_variant
+from ..nn import ConcatDim, Dim, SlimLinear, SlimmableModel, check_dropout, classifier_head, conv_bn
+from .registry import check_count, check_counts, register_variant
 
 STAGE_PLANES = (64, 128, 256, 512)
 DEFAULT_DEPTHS = (3, 4, 6, 3)
@@ -93,6 +93,8 @@ class Slow(SlimmableModel):
         dropout: float = 0.5,
     ) -> None:
         super().__init__(width_range, num_classes, in_chans)
+        depths = check_counts("depths", depths, len(STAGE_PLANES))
+        temporal_kernels = check_counts("temporal_kernels", temporal_kernels, len(STAGE_PLANES))
         w = self.max_width
         dim = Dim(64, ratio=0.25)
         layers: list[nn.Module] = [_stem(in_chans, dim, 1, w)]
@@ -165,8 +167,13 @@ class SlowFast(SlimmableModel):
         dropout: float = 0.5,
     ) -> None:
         super().__init__(width_range, num_classes, in_chans)
-        if alpha < 1 or beta_inv < 1 or fusion_ratio < 1 or fusion_kernel < 1:
-            raise ValueError("alpha, beta_inv, fusion_ratio and fusion_kernel must be positive")
+        for option, value in (("alpha", alpha), ("beta_inv", beta_inv),
+                              ("fusion_ratio", fusion_ratio), ("fusion_kernel", fusion_kernel)):
+            check_count(option, value)
+        depths = check_counts("depths", depths, len(STAGE_PLANES))
+        slow_temporal_kernels = check_counts("slow_temporal_kernels", slow_temporal_kernels,
+                                             len(STAGE_PLANES))
+        check_dropout(dropout)
         w = self.max_width
         slow, fast = Dim(64, ratio=0.25), Dim(64 // beta_inv, slim=False)
         slow_stem, fast_stem = _stem(in_chans, slow, 1, w), _stem(in_chans, fast, 5, w)

@@ -7,8 +7,10 @@ import math
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..nn import Dim, SlimBatchNorm2d, SlimConv2d, SlimmableModel, classifier_head
-from .registry import register_variant
+from ..nn import (Dim, SlimBatchNorm2d, SlimConv2d, SlimmableModel, check_dropout,
+                  classifier_head)
+from ..space import is_count
+from .registry import check_count, register_variant
 
 
 class PreActBlock(nn.Module):
@@ -52,8 +54,10 @@ class WideResNet(SlimmableModel):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(width_range, num_classes, in_chans)
-        if (depth - 4) % 6 or depth < 10:
-            raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1, got {depth}")
+        if not is_count(depth) or (depth - 4) % 6 or depth < 10:
+            raise ConfigError(f"Wide ResNet depth must be 6n+4 with n >= 1, got {depth!r}")
+        check_count("widen_factor", widen_factor)
+        check_dropout(dropout)
         n = (depth - 4) // 6
         w = self.max_width
         channels = Dim(16)

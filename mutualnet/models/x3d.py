@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..nn import Dim, SlimConv3d, SlimLinear, SlimmableModel, SqueezeExcite, conv_bn
-from .registry import register_variant
+from ..nn import (Dim, SlimConv3d, SlimLinear, SlimmableModel, SqueezeExcite, check_dropout,
+                  conv_bn)
+from .registry import check_count, check_counts, register_variant
 
 #: output channels and blocks of res2..res5 (X3D: 24 channels doubled per stage, depths
 #: 1, 2, 5, 3 times the depth factor 2.2, rounded up)
@@ -76,9 +77,16 @@ class X3D(SlimmableModel):
         dropout: float = 0.5,
     ) -> None:
         super().__init__(width_range, num_classes, in_chans)
-        if len(channels) != len(depths) or not channels:
-            raise ValueError(f"channels {list(channels)} and depths {list(depths)} must be "
-                             f"non-empty and of the same length")
+        channels = check_counts("channels", channels)
+        depths = check_counts("depths", depths, len(channels))
+        check_count("head_channels", head_channels)
+        if isinstance(expansion, bool) or not isinstance(expansion, (int, float)) \
+                or not expansion > 0:
+            raise ValueError(f"expansion must be a positive number, got {expansion!r}")
+        if isinstance(se_ratio, bool) or not isinstance(se_ratio, (int, float)) \
+                or not 0 <= se_ratio < 1:
+            raise ValueError(f"se_ratio must be a number in [0, 1), got {se_ratio!r}")
+        check_dropout(dropout)
         w = self.max_width
         dim = Dim(channels[0])
         stem_stride = 1 if small_input else 2

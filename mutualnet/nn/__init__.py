@@ -30,6 +30,6 @@ __all__ = [
     "to_static",
 ]
 
-from .blocks import SqueezeExcite, classifier_head, conv_bn  # noqa: E402
+from .blocks import SqueezeExcite, check_dropout, classifier_head, conv_bn  # noqa: E402
 
-__all__ += ["SqueezeExcite", "classifier_head", "conv_bn"]
+__all__ += ["SqueezeExcite", "check_dropout", "classifier_head", "conv_bn"]

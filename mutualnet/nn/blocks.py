@@ -16,7 +16,7 @@ from .layers import (
     make_divisible,
 )
 
-__all__ = ["conv_bn", "classifier_head", "SqueezeExcite"]
+__all__ = ["check_dropout", "conv_bn", "classifier_head", "SqueezeExcite"]
 
 #: spatial dims -> (convolution, batch norm, global average pool)
 _LAYERS = {
@@ -58,13 +58,20 @@ def conv_bn(
     return nn.Sequential(*layers)
 
 
+def check_dropout(dropout: float) -> float:
+    """A dropout probability every model accepts: a number in [0, 1)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    return dropout
+
+
 def classifier_head(
     in_dim: Dim | int, num_classes: int, *, max_width: float, dropout: float = 0.0,
     spatial_dims: int = 2,
 ) -> nn.Sequential:
     """Global average pooling and a linear classifier whose outputs are never slimmed."""
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout:g}")
+    check_dropout(dropout)
     pool = _layers(spatial_dims)[2]
     layers: list[nn.Module] = [pool(1), nn.Flatten(1)]
     if dropout > 0:

@@ -8,6 +8,7 @@ channel counts once, so a forward pass only slices.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,10 @@ __all__ = [
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never more than 10% down."""
+    if isinstance(divisor, bool) or not isinstance(divisor, numbers.Integral) or divisor < 1:
+        raise ValueError(f"divisor must be a positive whole number, got {divisor!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"make_divisible takes a positive finite number, got {value!r}")
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
@@ -53,8 +58,9 @@ class Dim:
     slim: bool = True
 
     def __post_init__(self) -> None:
-        if not self.base >= 1:
-            raise ValueError(f"a layer needs at least one channel, got {self.base}")
+        if isinstance(self.base, bool) or not isinstance(self.base, numbers.Integral) \
+                or self.base < 1:
+            raise ValueError(f"channel counts must be positive whole numbers, got {self.base!r}")
 
     def at(self, width: float) -> int:
         if not self.slim:
@@ -400,8 +406,10 @@ class _SlimBatchNormNd(SlimLayer):
         for key, pair in entries.items():
             if set(pair) != {"mean", "var"}:
                 raise ConfigError(f"calibrated statistics '{key}' of {prefix[:-1]} are incomplete")
-            device = self.weight.device if self.weight is not None else None
-            self.calibrated[key] = (pair["mean"].to(device), pair["var"].to(device))
+            like = self.running_mean if self.running_mean is not None else self.weight
+            # as the module's own statistics: its device and dtype, whatever the file's
+            kind = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+            self.calibrated[key] = (pair["mean"].to(**kind), pair["var"].to(**kind))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001

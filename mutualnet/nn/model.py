@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -40,10 +41,10 @@ class SlimmableModel(nn.Module):
     ) -> None:
         super().__init__()
         lo, hi = _check_width_range(width_range)
-        if int(num_classes) < 1:
-            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
-        if int(in_chans) < 1:
-            raise ConfigError(f"in_chans must be at least 1, got {in_chans}")
+        num_classes = whole("num_classes", num_classes, "a positive whole number")
+        in_chans = whole("in_chans", in_chans, "a positive whole number")
+        if num_classes is None or in_chans is None:
+            raise ConfigError("num_classes and in_chans must be positive whole numbers")
         self.width_range = (lo, hi)
         self.num_classes = int(num_classes)
         self.in_chans = int(in_chans)
@@ -172,6 +173,7 @@ def _check_width_range(width_range: tuple[float, float]) -> tuple[float, float]:
         raise ConfigError(
             f"width_range must be two numbers (lo, hi), got {width_range!r}"
         ) from None
-    if not (0 < lo <= hi):
-        raise ConfigError(f"width_range must satisfy 0 < lo <= hi, got ({lo:g}, {hi:g})")
+    if not (0 < lo <= hi < math.inf):
+        raise ConfigError(f"width_range must satisfy 0 < lo <= hi (finite), got "
+                          f"({lo:g}, {hi:g})")
     return lo, hi

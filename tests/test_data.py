@@ -477,6 +477,53 @@ def test_image_folder_ignores_files_that_are_not_images_by_name(tmp_path, caplog
     assert "README.txt" in caplog.text and str(root / "val") not in caplog.text
 
 
+def test_image_folder_warns_of_files_beside_the_class_folders(tmp_path, caplog):
+    root = make_image_folder(tmp_path)
+    (root / "train" / "stray.png").write_bytes((root / "train" / "cat" / "0.png").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        train, _, _ = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    assert len(train) == 4
+    assert f"ignored 1 file(s) in {root / 'train'} outside any class folder: stray.png" \
+        in caplog.text
+
+
+def test_image_folder_does_not_follow_links_back_up_the_tree(tmp_path, caplog):
+    """A link to the split folder (which holds every class) or to the folder itself would
+    list images again, under the wrong class; such links are named and not followed, while a
+    link to a folder elsewhere is followed."""
+    root = make_image_folder(tmp_path)
+    (root / "train" / "cat" / "up").symlink_to("..")
+    (root / "train" / "dog" / "self").symlink_to(".")
+    elsewhere = tmp_path / "more"
+    elsewhere.mkdir()
+    write_png(elsewhere / "extra.png")
+    (root / "train" / "dog" / "more").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        train, _, _ = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    labels = [label for _, label in train.samples]
+    assert (labels.count(0), labels.count(1)) == (2, 3)
+    assert "did not follow 2 folder link(s)" in caplog.text and "cat/up" in caplog.text
+
+
+def test_image_folder_class_names_in_either_unicode_form_are_one_class(tmp_path):
+    """A folder name copied through a system that decomposes accents (macOS) names the same
+    class, in the same place of the order, as the composed one."""
+    import unicodedata
+
+    composed, decomposed = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
+    root = make_image_folder(tmp_path, classes=("cafe", composed, "cafeteria"))
+    (root / "val" / composed).rename(root / "val" / decomposed)
+    train, val, info = build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+    assert info.class_names == train.classes == val.classes == sorted(
+        ["cafe", composed, "cafeteria"])
+    assert sorted(label for _, label in val.samples) == [0, 0, 1, 1, 2, 2]
+    info.check_classes({"class_names": [unicodedata.normalize("NFD", n)
+                                        for n in info.class_names]})
+    (root / "train" / decomposed).mkdir()
+    with pytest.raises(DataError, match="one name in two Unicode forms"):
+        build_datasets(DataConfig(format="image_folder", root=str(root)), 8)
+
+
 def test_image_folder_skip_bad_files_drops_and_reports(tmp_path, caplog):
     root = make_image_folder(tmp_path)
     bad = root / "val" / "cat" / "broken.png"
@@ -877,3 +924,28 @@ def test_cifar_reader_fuzz_only_raises_data_error(prefix, data):
     except DataError:
         return
     assert images.dtype == np.uint8 and images.shape[1:] == (3, 32, 32)
+
+
+def test_a_long_strip_is_resized_only_where_it_is_cropped():
+    """A 1-pixel-high strip would be resized to a shorter side of R/0.875 whole (gigabytes
+    for 60000 px); only the crop's region is resized, at the same sampling positions as
+    resizing it whole, so the pixels agree to a grey level."""
+    from PIL import Image
+
+    from mutualnet.data.transforms import ImageEvalTransform, ImageTrainTransform
+
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 256, (3, 2000, 3), dtype=np.uint8))
+    size, resize = 24, 27
+    whole = strip.resize((18000, 27), Image.BILINEAR)  # shorter side 27: 2000 * 27 / 3 wide
+    left, top = int(round((18000 - size) / 2.0)), int(round((27 - size) / 2.0))
+    want = torch.from_numpy(np.asarray(whole.crop((left, top, left + size, top + size))).copy())
+    got = ImageEvalTransform(size, [0.0] * 3, [1 / 255] * 3)(strip)  # x * 255: grey levels
+    assert got.shape == (3, size, size)
+    assert (got - want.permute(2, 0, 1).float()).abs().max() <= 1.0 + 1e-3
+    huge = Image.fromarray(np.full((1, 60000, 3), 100, np.uint8))
+    for transform in (ImageEvalTransform(224, [0.5] * 3, [0.25] * 3),
+                      ImageTrainTransform(224, [0.5] * 3, [0.25] * 3, augment="shift", shift=0)):
+        x = transform(huge)
+        assert x.shape == (3, 224, 224)
+        torch.testing.assert_close(x, torch.full_like(x, (100 / 255 - 0.5) / 0.25))

@@ -416,6 +416,33 @@ def test_bad_annotations_are_one_line_data_errors(coco_root, change, message):
         parse_coco(data, "instances_val.json")
 
 
+@pytest.mark.parametrize("task, change, message", [
+    ("detection", lambda d: d.update(images=[], annotations=[]),
+     r"instances_val.json lists no images; both splits need some"),
+    ("segmentation", lambda d: d.update(images=[], annotations=[]),
+     r"instances_val.json lists no images"),
+    ("detection", lambda d: [a.update(iscrowd=1) for a in d["annotations"]],
+     r"instances_val.json has no boxes \(other than crowd regions\) to score detections"),
+    ("detection", lambda d: d.update(annotations=[]), r"has no boxes"),
+])
+def test_a_validation_split_with_nothing_to_score_is_refused(coco_root, tmp_path, task, change,
+                                                              message):
+    """Scores over no images or no boxes would read as real zeros in the table."""
+    import shutil
+
+    from mutualnet.config import DataConfig
+    from mutualnet.data import build_datasets
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root, root)
+    path = root / "annotations" / "instances_val.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        build_datasets(DataConfig(format="coco", root=str(root)), 32, task)
+
+
 def test_boxes_detection_cannot_use_are_named_in_one_warning(coco_root, caplog):
     """A box of zero size, or wholly outside its image, is no target; the reader says so."""
     data = json.loads((coco_root / "annotations" / "instances_val.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,12 +61,17 @@ class DataInfo:
         converted runs do, say nothing and are not compared; fewer classes are fine when they
         come first."""
         trained = meta.get("class_names") if isinstance(meta, dict) else None
-        trained = trained if isinstance(trained, list) else []
-        found = list(self.class_names)
+        # names as the folders give them (NFC: one name in either Unicode form is one class)
+        trained = [_nfc(n) for n in trained] if isinstance(trained, list) else []
+        found = [_nfc(n) for n in self.class_names]
         if _named(trained) and _named(found) and found != trained[:len(found)]:
             raise DataError(f"the data ({self.source}) has the classes {_listed(found)} but the "
                             f"run was trained on {_listed(trained)}; its labels would name other "
                             f"classes: point --data at the run's dataset")
+
+
+def _nfc(name: Any) -> Any:
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
 
 
 def _named(names: list) -> bool:
@@ -174,6 +180,13 @@ def _dense_datasets(cfg: DataConfig, image_size: int, task: str
             splits.append(CocoDataset(index, task, image_size, mean, std, train=split == "train",
                                       hflip=cfg.hflip, image_dir=folder))
     train, val = splits
+    for split in splits:  # a score of nothing would read as a score of 0
+        if not split.index.images:
+            raise DataError(f"{split.index.source} lists no images; both splits need some")
+    if not masks and not any(not crowd for boxes in val.index.annotations
+                             for _, _, crowd, _ in boxes):
+        raise DataError(f"{val.index.source} has no boxes (other than crowd regions) to score "
+                        f"detections against; the validation split needs some")
     if train.index.categories != val.index.categories:
         raise DataError(f"{train.index.source} and {val.index.source} list different "
                         f"categories; both splits need the same ones")

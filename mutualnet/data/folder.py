@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,23 +98,50 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def list_classes(split_dir: Path, kind: str = "images") -> list[str]:
-    """Sorted names of the (non-hidden) sub-folders of ``split_dir`` (a folder of ``kind``)."""
+def _class_folders(split_dir: Path, kind: str) -> dict[str, str]:
+    """The (non-hidden) sub-folders of ``split_dir`` (a folder of ``kind``): class name →
+    folder name, sorted by class name. A class is named by the Unicode NFC form of its folder
+    name, so one copied through a system that stores names decomposed (macOS) is the same
+    class, in the same place of the order."""
     if not split_dir.is_dir():
         raise DataError(f"{kind[:-1]} folder {split_dir} does not "
                         f"exist; point --data (data.root) at a folder holding "
                         f"train/<class>/<{kind}> and val/<class>/<{kind}>")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
-    if not classes:
+    folders: dict[str, str] = {}
+    for name in sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name)):
+        other = folders.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise DataError(f"{split_dir} holds the class folders {other!r} and {name!r}, one "
+                            f"name in two Unicode forms; merge them")
+    if not folders:
         raise DataError(f"{split_dir} has no class sub-folders; expected "
                         f"{split_dir}/<class>/<{kind}>")
-    return classes
+    return dict(sorted(folders.items()))
 
 
-def _list_files(class_dir: Path) -> list[str]:
+def list_classes(split_dir: Path, kind: str = "images") -> list[str]:
+    """Sorted names of the classes of ``split_dir`` (a folder of ``kind`` with one
+    sub-folder per class; names in Unicode NFC form)."""
+    return list(_class_folders(split_dir, kind))
+
+
+def _list_files(class_dir: Path, looping: list[str]) -> list[str]:
+    """The visible files under ``class_dir``, symbolic links followed, except links back to
+    a folder already listed or to one holding it (a loop, or other classes), which go to
+    ``looping``."""
     files = []
+    top = os.path.realpath(class_dir)
+    seen = {top}
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        kept = []
+        for d in sorted(d for d in dirnames if _visible(d)):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen or top.startswith(real + os.sep):
+                looping.append(os.path.join(dirpath, d))
+            else:
+                seen.add(real)
+                kept.append(d)
+        dirnames[:] = kept
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f))
     return files
 
@@ -127,11 +155,12 @@ def folder_samples(
     then be empty) and the files skipped as unreadable (``check`` gives the reason, with
     ``skip_bad_files``). ``kind`` names the files in messages; only files whose names end in
     one of ``extensions`` (any case) count, the others are ignored with a warning."""
-    found = list_classes(root, kind=kind)
+    folders = _class_folders(root, kind)
+    found = list(folders)
     matched = classes is not None
     if classes is None:
         classes = found
-    elif found != list(classes):
+    elif found != [unicodedata.normalize("NFC", c) for c in classes]:
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
         parts = ([f"lacks {_listed(missing, 5)}"] if missing else []) + \
@@ -142,20 +171,29 @@ def folder_samples(
                         f"{' and '.join(parts)}; {' and '.join(fixes)}")
     samples: list[tuple[str, int]] = []
     ignored: list[str] = []
+    looping: list[str] = []
+    stray = sorted(e.name for e in os.scandir(root) if not e.is_dir() and _visible(e.name))
+    if stray:  # a file beside the class folders has no class
+        log.warning("ignored %d file(s) in %s outside any class folder: %s", len(stray), root,
+                    _listed(stray, 3))
     usual = [e for e in (".jpg", ".jpeg", ".png") if e in extensions]
     endings = ", ".join(extensions) if len(extensions) <= 8 else \
         f"{', '.join(usual)} and {len(extensions) - len(usual)} other endings Pillow reads"
-    for label, name in enumerate(classes):
+    for label, name in enumerate(found):
         files = []
-        for f in _list_files(root / name):
+        for f in _list_files(root / folders[name], looping):
             (files if f.lower().endswith(extensions) else ignored).append(f)
         if not files and not matched:
-            raise DataError(f"class folder {root / name} holds no {kind} ({endings}); add "
+            raise DataError(f"class folder {root / folders[name]} holds no {kind} ({endings}); add "
                             f"some, or remove the class from every split")
         if not files:
-            log.info("%s holds no %s: this split has none of class %s", root / name, kind,
+            log.info("%s holds no %s: this split has none of class %s", root / folders[name], kind,
                      _shown(name))
         samples.extend((f, label) for f in files)
+    if looping:
+        log.warning("did not follow %d folder link(s) in %s that lead back to a folder listed "
+                    "already or holding it: %s", len(looping), root,
+                    _listed([os.path.relpath(f, root) for f in looping], 3))
     if ignored:
         log.warning("ignored %d file(s) in %s that are not %s by their names (%s): %s",
                     len(ignored), root, kind, endings,
@@ -174,7 +212,7 @@ def folder_samples(
                         first, more)
     if not samples:
         raise DataError(f"{root} holds no readable {kind}; add some or point --data elsewhere")
-    return list(classes), samples, skipped
+    return list(classes) if matched else found, samples, skipped
 
 
 class ImageFolderDataset(Dataset):

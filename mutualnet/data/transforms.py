@@ -274,23 +274,30 @@ def pil_to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def _resize_shorter(img, size: int):
-    """Resize a PIL image so its shorter side is ``size`` (bilinear, antialiased)."""
+def _resized_shape(w: int, h: int, size: int) -> tuple[int, int]:
+    """The size of a ``w`` x ``h`` image resized so its shorter side is ``size``."""
+    if w <= h:
+        return size, max(1, int(size * h / w))
+    return max(1, int(size * w / h)), size
+
+
+def _resize_shorter_and_crop(img, resize: int, size: int):
+    """Resize a PIL image so its shorter side is ``resize`` (bilinear, antialiased), then
+    centre crop ``size`` x ``size``. Where the whole resized image would be far larger than
+    the crop (a long strip of a picture), only the crop's region is resized (Pillow's
+    ``box``: the same sampling positions, a grey level off in some pixels by rounding), so
+    memory and time stay those of the crop."""
     from PIL import Image
 
     w, h = img.size
-    if (w <= h and w == size) or (h <= w and h == size):
-        return img
-    if w <= h:
-        new_w, new_h = size, max(1, int(size * h / w))
-    else:
-        new_w, new_h = max(1, int(size * w / h)), size
-    return img.resize((new_w, new_h), Image.BILINEAR)
-
-
-def _center_crop(img, size: int):
-    w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    new_w, new_h = _resized_shape(w, h, resize)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    if new_w * new_h > 16 * max(size, resize) ** 2:
+        sx, sy = w / new_w, h / new_h
+        return img.resize((size, size), Image.BILINEAR, box=(
+            left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -315,7 +322,7 @@ class ImageTrainTransform(TrainTransform):
             if self.hflip and torch.rand(()).item() < 0.5:
                 x = x.flip(-1)
         else:
-            x = self.augment_uint8(pil_to_tensor(_center_crop(_resize_shorter(img, size), size)))
+            x = self.augment_uint8(pil_to_tensor(_resize_shorter_and_crop(img, size, size)))
         self._check_channels(x)
         return self._finish(x)
 
@@ -337,7 +344,7 @@ class ImageEvalTransform(_Normalize):
     def __call__(self, img) -> torch.Tensor:
         size = self.image_size
         resize = max(size, int(round(size / self.crop_ratio)))
-        x = pil_to_tensor(_center_crop(_resize_shorter(img, resize), size))
+        x = pil_to_tensor(_resize_shorter_and_crop(img, resize, size))
         self._check_channels(x)
         return self._finish(x)
 

@@ -165,7 +165,12 @@ def mmacs_figure():
 
 
 def save_mmacs_figure(fig, ax, ylabel: str, title: str, path: Path) -> None:
-    """Log-scale MMACs axis with plain tick labels, legend, grid; written atomically."""
+    """:func:`render_mmacs_figure` written atomically to ``path``."""
+    atomic_write_bytes(path, render_mmacs_figure(fig, ax, ylabel, title))
+
+
+def render_mmacs_figure(fig, ax, ylabel: str, title: str) -> bytes:
+    """The PNG of a figure with a log-scale MMACs axis, plain tick labels, legend and grid."""
     import io
 
     import matplotlib.pyplot as plt
@@ -185,10 +190,10 @@ def save_mmacs_figure(fig, ax, ylabel: str, title: str, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]]) -> bytes:
     metric = metric_of(rows)
     fig, ax = mmacs_figure()
     for res, frames in sorted({(r["resolution"], r.get("frames") or 0) for r in rows},
@@ -199,24 +204,26 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     front = pareto_front(rows, "mmacs", metric)
     ax.plot([r["mmacs"] for r in front], [r[metric] for r in front], "k-", lw=1.5,
             marker="o", ms=4, label="query table (Pareto front)")
-    save_mmacs_figure(fig, ax, f"{metric} (%)", "Accuracy against compute of every configuration",
-                      path)
+    return render_mmacs_figure(fig, ax, f"{metric} (%)",
+                               "Accuracy against compute of every configuration")
 
 
 def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu") -> None:
-    """grid.json, grid.csv, query_table.md and pareto.png of a run."""
-    run_dir = Path(run_dir)
-    atomic_write_bytes(run_dir / GRID_JSON, (json.dumps(rows, indent=1) + "\n").encode())
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    """grid.json, grid.csv, query_table.md and pareto.png of a run (all four made before
+    any is written, each written atomically)."""
     import io
 
+    run_dir = Path(run_dir)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(run_dir / GRID_CSV, text.getvalue().encode())
-    atomic_write_bytes(run_dir / QUERY_TABLE, _query_table(rows, device).encode())
-    _plot(rows, run_dir / PARETO_PNG)
+    files = {GRID_JSON: (json.dumps(rows, indent=1) + "\n").encode(),
+             GRID_CSV: text.getvalue().encode(),
+             QUERY_TABLE: _query_table(rows, device).encode(), PARETO_PNG: _plot(rows)}
+    for name, data in files.items():
+        atomic_write_bytes(run_dir / name, data)
 
 
 def _configuration(row: dict[str, Any]) -> tuple:

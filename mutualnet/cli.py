@@ -122,13 +122,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     overrides = list(args.set or [])
-    for flag, key in (("data", "data.root"), ("epochs", "train.epochs"),
+    for flag, key in (("epochs", "train.epochs"),
                       ("max_steps", "train.max_steps"), ("batch_size", "train.batch_size"),
                       ("seed", "train.seed"), ("device", "train.device")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
+    if args.data is not None:  # a path as given, never read as YAML ("my data: v2")
+        cfg.data.root = args.data
     run_dir = args.out or _default_run_dir(args.config)
     summary = train(cfg, run_dir, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # one summary for a torchrun job
@@ -429,6 +431,24 @@ def _allocation(exc: BaseException) -> str | None:
     return f"{int(size) / 2 ** 30:.1f} GiB" if size.isdigit() else size
 
 
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective operation of a multi-process run failing because
+    another process went away (gloo and NCCL word it so)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if world < 2 or not isinstance(exc, RuntimeError):
+        return False
+    import torch.distributed as dist
+
+    lost = getattr(dist, "DistNetworkError", ())
+    text = str(exc)
+    return (bool(lost) and isinstance(exc, lost)) or any(
+        s in text for s in ("closed by peer", "reset by peer", "remote worker crashing",
+                            "Broken pipe", "NCCL communicator was aborted"))
+
+
 def guarded(command: Callable[[], int | None]) -> int:
     """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
     stderr and exit code 2, as is running out of memory (a batch or resolution too large for
@@ -437,6 +457,11 @@ def guarded(command: Callable[[], int | None]) -> int:
     try:
         return command() or 0
     except (MemoryError, RuntimeError) as exc:
+        if _peer_lost(exc):  # the process that failed printed why
+            rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+            print(f"error: process {rank} of {world}: another process of this run stopped "
+                  f"(its error is printed above)", file=sys.stderr)
+            return 2
         wanted = _allocation(exc)
         if wanted is None:
             raise

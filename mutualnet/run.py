@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,10 @@ class Run:
 
     def use_data(self, root: str) -> None:
         """Read the data from ``root`` (it moved since training, or the run records none)."""
+        root = os.path.abspath(os.path.expanduser(str(root)))
         if self.config.data.root is None and self.config.data.format == "image_folder":
-            self._unrecorded_root = str(root)  # a folder format without a folder: converted
-        self.config.data.root = str(root)
+            self._unrecorded_root = root  # a folder format without a folder: converted
+        self.config.data.root = root
 
     @property
     def space(self) -> Space:

@@ -552,6 +552,26 @@ def test_adaptive_model_takes_what_set_config_takes_and_checks_the_input_shape(r
         m(torch.randn(3, 12, 12))
 
 
+def test_results_that_fail_to_be_made_leave_the_earlier_ones_whole(tmp_path, monkeypatch):
+    """The four result files are all made before any is written: a failure part-way (here
+    the plot) leaves the earlier grid, table and plot as they were, not a new grid with an
+    old table."""
+    import mutualnet.select as select_mod
+
+    row = {"width": 1.0, "resolution": 28, "mmacs": 2.4, "top1": 90.0}
+    select_mod.write_results(tmp_path, [row])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before) == 4
+
+    def broken(rows):
+        raise RuntimeError("no plot")
+
+    monkeypatch.setattr(select_mod, "_plot", broken)
+    with pytest.raises(RuntimeError, match="no plot"):
+        select_mod.write_results(tmp_path, [{**row, "top1": 91.0}])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_the_latency_heading_names_the_device_the_latencies_were_measured_on(tmp_path):
     """Measured on a GPU, measured again on the CPU without latency: the latencies kept are
     still the GPU's, whether the earlier rows recorded their device or only the heading did."""

@@ -113,6 +113,23 @@ def test_resume_with_more_epochs_trains_further_and_records_them(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
+def test_the_nothing_to_train_hint_names_what_stops_the_run(tmp_path, caplog):
+    """A finished run says which limit to raise: the one that stops it (both when they
+    coincide; raising --max-steps past the epochs' end trains nothing)."""
+    run = tmp_path / "run"
+    train(tiny("train.epochs=1", "train.max_steps=20", "train.validate=false"), run)  # 20 a leg
+    for extra, hint in ((["train.max_steps=20"], "raise --epochs and --max-steps to go on"),
+                        ([], "raise --epochs to go on"),
+                        (["train.max_steps=30"], "raise --epochs to go on"),
+                        (["train.epochs=2", "train.max_steps=20"], "raise --max-steps to go on")):
+        caplog.clear()
+        epochs = [] if any(e.startswith("train.epochs") for e in extra) else ["train.epochs=1"]
+        with caplog.at_level("INFO", logger="mutualnet"):
+            summary = train(tiny(*epochs, *extra, "train.validate=false"), run, resume=True)
+        assert summary["steps"] == 20
+        assert f"nothing to train ({hint})" in caplog.text, (extra, caplog.text)
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path):
     from mutualnet.errors import ConfigError
 
@@ -168,6 +185,24 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert worst < 1e-4
 
 
+def test_a_data_error_in_one_process_is_one_line_in_every_process(tmp_path):
+    """A damaged validation image read by rank 0 only: rank 0 names it, and rank 1, whose
+    collective then fails, says that another process stopped (not gloo's traceback)."""
+    from test_data import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=4)
+    (root / "val" / "cat" / "0.png").write_bytes(b"broken")  # the first: rank 0's share
+    recipe = tiny_yaml(tmp_path, "data.format=image_folder", f"data.root={root}",
+                       "data.augment=none", "data.hflip=false", "train.batch_size=4",
+                       "train.epochs=1")
+    proc = _torchrun(["train", recipe, "--out", str(tmp_path / "run"), "--device", "cpu"], {})
+    assert proc.returncode != 0
+    assert f"error: cannot read image {root / 'val' / 'cat' / '0.png'}" in proc.stderr
+    assert "error: process 1 of 2: another process of this run stopped (its error is " \
+           "printed above)" in proc.stderr
+    assert "closed by peer" not in proc.stderr and "mutualnet/cli.py" not in proc.stderr
+
+
 def test_validation_split_over_two_processes_equals_one_process(tmp_path):
     """Each process evaluates every other validation image and the counts are summed: the
     logged top-1 of a two-process run equals one process validating the same final weights."""
@@ -195,6 +230,24 @@ def test_cli_train_runs_and_reports(tmp_path):
                            str(tmp_path / "r"), "--max-steps", "3"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_cli_train_records_the_data_folder_as_an_absolute_path_taken_literally(tmp_path):
+    """--data is a path, not YAML ("my data: v2" is a folder name), and the run records it
+    absolute, so that its commands find the data from any working directory."""
+    import yaml
+    from test_data import make_image_folder
+
+    make_image_folder(tmp_path / "my data: v2", per_class=4)
+    recipe = tiny_yaml(tmp_path, "data.format=image_folder", "data.augment=none",
+                       "data.hflip=false", "train.batch_size=4", "train.validate=false")
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "train", recipe, "--data",
+                           "my data: v2", "--out", "run", "--max-steps", "1"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["root"]
+    assert recorded == str(tmp_path / "my data: v2")
 
 
 def test_cli_train_with_a_missing_recipe_is_one_line(tmp_path):

@@ -462,6 +462,17 @@ def test_training_calibration_and_the_grid_cover_frames(video_run):
     assert "f |" in table  # labels such as 1.0-24-4f
 
 
+def test_a_resume_may_score_videos_with_another_clip_count(tmp_path):
+    """data.eval_clips only changes how validation scores a video, not the training."""
+    base = TINY_X3D + ["data.format=synthetic_motion", "train.validate=false"]
+    with small_motion():
+        train(load_config(None, base + ["train.max_steps=1", "data.eval_clips=2"]),
+              tmp_path / "run")
+        summary = train(load_config(None, base + ["train.max_steps=2", "data.eval_clips=1"]),
+                        tmp_path / "run", resume=True)
+    assert summary["steps"] == 2
+
+
 def test_select_and_runtime_switching_choose_frames_too(video_run):
     run, rows = video_run
     cheapest = min(r["mmacs"] for r in rows)

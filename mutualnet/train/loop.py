@@ -10,6 +10,7 @@ interrupted run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -52,6 +53,7 @@ CALIBRATION_BATCHES = 8
 RESUMABLE_KEYS = {
     "train.max_steps", "train.device", "train.progress", "train.log_every",
     "train.checkpoint_every", "train.validate", "data.num_workers", "data.root",
+    "data.eval_clips",  # how validation scores a video only
 }
 # ...and keys a resumption may raise to train a run further (the cosine schedule stretched
 # over the new length); the run's config then records the new value.
@@ -284,6 +286,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     from ..data import build_datasets
 
     run_dir = Path(run_dir)
+    if cfg.data.root is not None:  # recorded so that the run finds it from any folder
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, root=os.path.abspath(os.path.expanduser(cfg.data.root))))
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = Distributed.from_env(device.type)
     held = contextlib.ExitStack()
@@ -343,8 +348,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                                       f"retrain") from None
             step = int(state["step"])
             if step >= stop_step and _weights_are(run_dir / WEIGHTS, state["model"]):
-                more = ("raise --max-steps to go on" if tc.max_steps and stop_step == tc.max_steps
-                        else "raise --epochs or --max-steps to go on")
+                # what stops it: --max-steps, the epochs, or both at once
+                limits = [name for name, at in (("--epochs", total_steps),
+                                                 ("--max-steps", tc.max_steps)) if at == stop_step]
+                more = f"raise {' and '.join(limits)} to go on"
                 log.info("%s is trained to step %d already, and its weights are written: "
                          "nothing to train (%s)", run_dir, step, more)
                 return {"run": str(run_dir), "steps": step, "seconds": 0.0,

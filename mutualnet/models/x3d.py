@@ -7,8 +7,8 @@ so the three names build the same model and the clip is chosen by ``space.frames
 ``space.resolutions``. At 400 classes and width 1.0 the counts (``count_macs``: convolution and
 linear multiply-accumulates, the paper's "FLOPs") are 0.605 G (4x160²), 1.963 G (13x160²) and
 4.732 G (16x224²), 3.794 M parameters; the paper gives 0.60, 1.96, 4.73 G and 3.76 M. The
-parameter gap is the 35.6 K affine parameters of batch norm (3.794 - 0.036 = 3.759 M), which
-the paper's count apparently leaves out.
+parameter gap is the 31.5 K affine parameters of batch norm (3,794,322 - 31,464 = 3.763 M),
+which the paper's count apparently leaves out.
 
 Not slimmed: the stem's input channels, the 2048 outputs of the head's fc layer (like
 MobileNetV2's last 1280-channel conv) and the classifier's outputs.

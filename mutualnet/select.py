@@ -241,9 +241,11 @@ def _rows_kept(run_dir: Path, replacing: bool = False) -> list[dict[str, Any]]:
             logging.getLogger("mutualnet").warning(
                 "%s; it is replaced by this evaluation's rows", str(exc).split("; run")[0])
         return []
-    for row in rows:  # rows written before they recorded it: the device of the table heading
-        if "latency_ms" in row and "latency_device" not in row:
-            row["latency_device"] = _latency_device(run_dir)
+    unrecorded = [r for r in rows if "latency_ms" in r and "latency_device" not in r]
+    if unrecorded:  # rows written before they recorded it: the device of the table heading
+        device = _latency_device(run_dir)
+        for row in unrecorded:
+            row["latency_device"] = device
     return rows
 
 

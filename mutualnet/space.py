@@ -46,8 +46,8 @@ class Config:
 
 
 def is_count(value: Any) -> bool:
-    """Whether ``value`` is a plain positive int (not a bool, not a float)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    """Whether ``value`` is a positive integer (any integral type, not a bool or a float)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def whole(name: str, value: Any, what: str) -> int | None:

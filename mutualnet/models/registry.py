@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -74,14 +73,10 @@ def check_rows(option: str, rows: Any, fields: tuple[str, ...]) -> list[tuple[in
     return [tuple(row) for row in rows]
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
-
-
 def check_counts(option: str, values: Any, length: int | None = None) -> tuple[int, ...]:
     """A model option that lists positive whole numbers (``length`` of them when given,
     at least one otherwise); a ValueError naming the option otherwise."""
-    ok = isinstance(values, (list, tuple)) and all(map(_count, values)) and (
+    ok = isinstance(values, (list, tuple)) and all(map(is_count, values)) and (
         len(values) == length if length is not None else len(values) > 0)
     if not ok:
         count = f"{length} positive whole numbers" if length is not None else \
@@ -92,7 +87,7 @@ def check_counts(option: str, values: Any, length: int | None = None) -> tuple[i
 
 def check_count(option: str, value: Any) -> int:
     """A model option that is one positive whole number; a ValueError naming it otherwise."""
-    if not _count(value):
+    if not is_count(value):
         raise ValueError(f"{option} must be a positive whole number, got {value!r}")
     return int(value)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,6 +255,12 @@ class RunConfig:
         for name in names:
             if getattr(getattr(self, section), name) < 0:
                 raise ConfigError(f"{section}.{name} must be 0 or more")
+
+
+def absolute_root(root: str) -> str:
+    """A data location as a run records it: absolute (``~`` expanded, links kept as given),
+    so that the run finds its data from any working directory."""
+    return os.path.abspath(os.path.expanduser(str(root)))
 
 
 def _type_name(tp: Any) -> str:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numbers
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import MIN_RESOLUTION, RunConfig, config_from_dict, config_to_dict
+from .config import (MIN_RESOLUTION, RunConfig, absolute_root, config_from_dict,
+                     config_to_dict)
 from .errors import CheckpointError, ConfigError, DataError, MutualNetError
 from .nn.model import SlimmableModel
 from .space import Config, Space, channels_last
@@ -57,7 +57,7 @@ class Run:
 
     def use_data(self, root: str) -> None:
         """Read the data from ``root`` (it moved since training, or the run records none)."""
-        root = os.path.abspath(os.path.expanduser(str(root)))
+        root = absolute_root(root)
         if self.config.data.root is None and self.config.data.format == "image_folder":
             self._unrecorded_root = root  # a folder format without a folder: converted
         self.config.data.root = root

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
-from ..config import RunConfig, config_to_dict
+from ..config import RunConfig, absolute_root, config_to_dict
 from ..data.base import Loader, collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, MutualNetError
 from ..evaluate import evaluate
@@ -286,9 +286,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     from ..data import build_datasets
 
     run_dir = Path(run_dir)
-    if cfg.data.root is not None:  # recorded so that the run finds it from any folder
+    if cfg.data.root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-            cfg.data, root=os.path.abspath(os.path.expanduser(cfg.data.root))))
+            cfg.data, root=absolute_root(cfg.data.root)))
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = Distributed.from_env(device.type)
     held = contextlib.ExitStack()

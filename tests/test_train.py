@@ -187,7 +187,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
 def test_a_data_error_in_one_process_is_one_line_in_every_process(tmp_path):
     """A damaged validation image read by rank 0 only: rank 0 names it, and rank 1, whose
-    collective then fails, says that another process stopped (not gloo's traceback)."""
+    collective then fails, says that another process stopped (not gloo's traceback) unless
+    torchrun, seeing rank 0 exit, terminated it first (a race: then it prints nothing)."""
     from test_data import make_image_folder
 
     root = make_image_folder(tmp_path / "data", per_class=4)
@@ -199,7 +200,7 @@ def test_a_data_error_in_one_process_is_one_line_in_every_process(tmp_path):
     assert proc.returncode != 0
     assert f"error: cannot read image {root / 'val' / 'cat' / '0.png'}" in proc.stderr
     assert "error: process 1 of 2: another process of this run stopped (its error is " \
-           "printed above)" in proc.stderr
+           "printed above)" in proc.stderr or "Signal 15 (SIGTERM) received" in proc.stderr
     assert "closed by peer" not in proc.stderr and "mutualnet/cli.py" not in proc.stderr
 
 

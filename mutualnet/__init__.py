@@ -1,28 +1,46 @@
 """mutualnet: one adaptive ConvNet for many compute budgets (MutualNet, Yang et al.)."""
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .adaptive import AdaptiveModel
-from .errors import ConfigError, MutualNetError, UnknownModelError
-from .export import load_exported
-from .macs import count_macs
-from .models import create_model, list_models, model_options, register_model
-from .nn import SlimmableModel, make_divisible, to_static
-from .space import Config
+#: the public names, by the module that defines them; imported on first use, so that
+#: ``import mutualnet`` (and the command line's ``--help``) does not wait for torch
+_EXPORTS = {
+    "AdaptiveModel": "adaptive",
+    "Config": "space",
+    "ConfigError": "errors",
+    "MutualNetError": "errors",
+    "SlimmableModel": "nn",
+    "UnknownModelError": "errors",
+    "count_macs": "macs",
+    "create_model": "models",
+    "list_models": "models",
+    "load_exported": "export",
+    "make_divisible": "nn",
+    "model_options": "models",
+    "register_model": "models",
+    "to_static": "nn",
+}
 
-__all__ = [
-    "AdaptiveModel",
-    "Config",
-    "ConfigError",
-    "MutualNetError",
-    "SlimmableModel",
-    "UnknownModelError",
-    "count_macs",
-    "create_model",
-    "list_models",
-    "load_exported",
-    "make_divisible",
-    "model_options",
-    "register_model",
-    "to_static",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:  # a submodule, as `mutualnet.nn` after a plain `import mutualnet`
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

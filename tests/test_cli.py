@@ -1,6 +1,7 @@
 """The command line: listing, counting, and one-line errors with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,23 @@ def test_an_unknown_option_is_named_with_its_subcommand(capsys):
     assert main(["--bogus", "macs", "resnet18"]) == 2
     assert capsys.readouterr().err == ("error: mutualnet: unrecognized arguments: --bogus "
                                        "(see 'mutualnet --help')\n")
+
+
+def test_help_and_the_package_import_do_not_wait_for_torch():
+    code = ("import sys, mutualnet, mutualnet.cli; loaded = 'torch' in sys.modules; "
+            "from mutualnet import Config, count_macs; "
+            "print(loaded, 'torch' in sys.modules, mutualnet.nn.SlimmableModel.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "SlimmableModel"]
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_code_130(tmp_path):
+    # a torch that is interrupted while it loads, as Ctrl-C in the first seconds does
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "mutualnet", "models"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "error: interrupted"

@@ -537,6 +537,23 @@ def test_image_folder_skip_bad_files_drops_and_reports(tmp_path, caplog):
     assert "1 unreadable files skipped" in info.source
 
 
+def test_skip_bad_files_refuses_to_leave_a_training_class_empty(tmp_path):
+    root = make_image_folder(tmp_path)
+    for image in (root / "train" / "dog").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    cfg = DataConfig(format="image_folder", root=str(root), skip_bad_files=True)
+    with pytest.raises(DataError, match=r"class folder .*train/dog holds no readable images "
+                                        r"\(all were skipped as unreadable"):
+        build_datasets(cfg, 8)
+    # a validation split may lack a class
+    for image in (root / "val" / "dog").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    for image in (root / "train" / "dog").iterdir():
+        write_png(image, fmt="JPEG" if image.suffix == ".jpg" else "PNG")
+    train, val, _ = build_datasets(cfg, 8)
+    assert {label for _, label in val.samples} == {0} and len(val.skipped) == 2
+
+
 def test_image_folder_val_must_have_the_same_classes(tmp_path):
     root = make_image_folder(tmp_path)
     (root / "val" / "dog").rename(root / "val" / "dogs")

@@ -210,6 +210,12 @@ def folder_samples(
             more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             log.warning("skipped %d unreadable file(s) in %s: %s%s", len(skipped), root,
                         first, more)
+            emptied = sorted(set(range(len(found))) - {label for _, label in samples})
+            if emptied and not matched and samples:  # as an empty class folder is refused
+                name = found[emptied[0]]
+                raise DataError(f"class folder {root / folders[name]} holds no readable {kind} "
+                                f"(all were skipped as unreadable, data.skip_bad_files); add "
+                                f"some, or remove the class from every split")
     if not samples:
         raise DataError(f"{root} holds no readable {kind}; add some or point --data elsewhere")
     return list(classes) if matched else found, samples, skipped

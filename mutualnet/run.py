@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from .train.log import LOG
 
 __all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV",
            "QUERY_TABLE", "PARETO_PNG", "RUN_FILES"]
+
+log = logging.getLogger("mutualnet")
 
 #: the files a run directory holds
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, PREVIOUS, WEIGHTS, LOG, *RESULT_FILES, LOCK)
@@ -179,10 +182,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         source = path / CHECKPOINT
         checkpoint = load_checkpoint(source)
         state, meta = checkpoint["model"], checkpoint.get("meta") or {}
+        if isinstance(meta, dict):  # kept with the weights that commands write back
+            meta = {**meta, "unfinished_step": checkpoint.get("step")}
     else:
         raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
                               f"train it first")
     _check_meta(meta, source, config)
+    if "unfinished_step" in meta:
+        log.warning("%s has not finished training: its weights are those of step %s; "
+                    "`mutualnet train --resume` finishes it", path, meta["unfinished_step"])
     if not isinstance(device, torch.device):
         from .train.distributed import resolve_device
 

@@ -1077,6 +1077,27 @@ def _log_so_far(run: Path) -> list[dict]:
         return []
 
 
+def test_commands_on_an_unfinished_run_say_so_until_training_finishes(run_copy):
+    # interrupted before its weights were written: only the checkpoint of step 2 is there
+    for name in ("model.safetensors", "grid.json", "grid.csv", "query_table.md", "pareto.png"):
+        (run_copy / name).unlink(missing_ok=True)
+    notice = "has not finished training: its weights are those of step 2"
+    proc = cli("calibrate", run_copy, "--widths", "1.0", "--resolutions", "12")
+    assert proc.returncode == 0, proc.stderr
+    assert notice in proc.stderr
+    # the weights file calibration wrote carries it on
+    proc = cli("export", run_copy, "--width", "1.0", "--resolution", "12",
+               "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    assert notice in proc.stderr
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+               "--max-steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("export", run_copy, "--width", "1.0", "--resolution", "12",
+               "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
+    assert proc.returncode == 0 and "not finished" not in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. files that would run code
 

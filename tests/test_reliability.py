@@ -1038,7 +1038,7 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "stopped by SIGINT" in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("stopped: SIGINT at step "), err
     assert "continue with --resume" in lines[0]
     step = load_checkpoint(run / "checkpoint.pt")["step"]
     assert f"at step {step};" in lines[0]
@@ -1066,7 +1066,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = [x for x in err.strip().splitlines() if not x.startswith("epoch ")]
-    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith("stopped: SIGTERM at step "), err
     assert load_checkpoint(run / "checkpoint.pt")["step"] >= 1
 
 
@@ -1075,6 +1075,25 @@ def _log_so_far(run: Path) -> list[dict]:
         return read_log(run)
     except (OSError, json.JSONDecodeError):  # not written yet, or a line half written
         return []
+
+
+def test_a_resume_without_the_runs_recipe_says_how_to_go_on(tmp_path, run_copy, recipe):
+    (run_copy / "config.yaml").unlink()
+    fails_without_damage(run_copy, "train", recipe, "--out", run_copy, "--resume",
+                         "--max-steps", "4",
+                         needles=("config.yaml is missing", "copy there the recipe"))
+    shutil.copy(recipe, run_copy / "config.yaml")  # what the message says to do
+    proc = cli("train", recipe, "--out", run_copy, "--resume", "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_resume_on_a_training_set_of_another_size_is_refused(tmp_path, run_copy):
+    other = tmp_path / "other"
+    write_idx_folder(other, tiny_idx_arrays(n_train=40, n_val=16, h=12, w=12, classes=3))
+    fails_without_damage(run_copy, "train", run_copy / "config.yaml", "--out", run_copy,
+                         "--resume", "--max-steps", "4", "--data", other,
+                         needles=("holds 40 items but", "was trained on 48",
+                                  "point --data at the run's data"))
 
 
 def test_commands_on_an_unfinished_run_say_so_until_training_finishes(run_copy):
@@ -1090,9 +1109,10 @@ def test_commands_on_an_unfinished_run_say_so_until_training_finishes(run_copy):
                "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
     assert proc.returncode == 0, proc.stderr
     assert notice in proc.stderr
-    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume",
-               "--max-steps", "3")
-    assert proc.returncode == 0, proc.stderr
+    # the checkpoint is of the last step: resuming finishes the run (weights and log)
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume")
+    assert proc.returncode == 0 and "nothing to train" not in proc.stderr, proc.stderr
+    assert json.loads((run_copy / "log.jsonl").read_text().splitlines()[-1])["kind"] == "done"
     proc = cli("export", run_copy, "--width", "1.0", "--resolution", "12",
                "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
     assert proc.returncode == 0 and "not finished" not in proc.stderr, proc.stderr

@@ -78,6 +78,23 @@ def test_resume_continues_to_the_same_weights(tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_validation_leaves_training_as_it_was_and_resume_after_it_is_exact(tmp_path):
+    """Dropout draws from the global generator, which a validation's loader also draws its
+    seed from: a run stopped at an epoch's end (its checkpoint saved before the validation)
+    and resumed, and one that never validates, must end with the same weights."""
+    extra = ("train.epochs=2", "model.options.dropout=0.2")
+    runs = {name: tmp_path / name for name in ("straight", "resumed", "unvalidated")}
+    train(tiny(*extra), runs["straight"])
+    train(tiny(*extra, "train.max_steps=20"), runs["resumed"])  # the end of epoch 1
+    train(tiny(*extra), runs["resumed"], resume=True)
+    train(tiny(*extra, "train.validate=false"), runs["unvalidated"])
+    a = load_checkpoint(runs["straight"] / "checkpoint.pt")["model"]
+    for name in ("resumed", "unvalidated"):
+        b = load_checkpoint(runs[name] / "checkpoint.pt")["model"]
+        for key, value in a.items():
+            assert torch.equal(value, b[key]), (name, key)
+
+
 def test_statistics_of_an_epochs_validation_are_not_saved_with_later_weights(tmp_path):
     """Validation calibrates the full and smallest configurations at the epoch's end; weights
     trained past it (a stop part-way through the next epoch) must not carry those statistics,
@@ -128,6 +145,27 @@ def test_the_nothing_to_train_hint_names_what_stops_the_run(tmp_path, caplog):
             summary = train(tiny(*epochs, *extra, "train.validate=false"), run, resume=True)
         assert summary["steps"] == 20
         assert f"nothing to train ({hint})" in caplog.text, (extra, caplog.text)
+
+
+def test_a_resume_stopped_before_its_first_step_leaves_the_recipe_as_it_was(tmp_path,
+                                                                             monkeypatch):
+    import mutualnet.train.loop as loop
+
+    run = tmp_path / "run"
+    train(tiny("train.epochs=1", "train.validate=false"), run)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "RunLog", ctrl_c)  # Ctrl-C while the leg starts
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny("train.epochs=40", "train.validate=false"), run, resume=True)
+    assert "epochs: 1\n" in (run / "config.yaml").read_text()
+    # nothing was trained at 40 epochs: the run may go on at any length from its 1 epoch
+    train(tiny("train.epochs=2", "train.validate=false"), run, resume=True)
+    assert "epochs: 2\n" in (run / "config.yaml").read_text()
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 40
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):

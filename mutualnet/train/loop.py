@@ -28,7 +28,7 @@ from .. import __version__
 from ..calibrate import calibrate, calibration_batches
 from ..config import RunConfig, absolute_root, config_to_dict
 from ..data.base import Loader, collate_fn_of, evaluation_loader, to_device
-from ..errors import CheckpointError, ConfigError, MutualNetError
+from ..errors import CheckpointError, ConfigError, DataError, MutualNetError
 from ..evaluate import evaluate
 from ..nn.layers import _SlimBatchNormNd
 from ..nn.model import SlimmableModel
@@ -78,7 +78,7 @@ class _Stop:
 
     def interrupted(self, step: int) -> TrainingInterrupted:
         """What stops the run, its checkpoint at ``step`` saved."""
-        return TrainingInterrupted(f"stopped by {signal.Signals(self.signal).name} at step "
+        return TrainingInterrupted(f"{signal.Signals(self.signal).name} at step "
                                    f"{step}; checkpoint saved, continue with --resume",
                                    self.signal)
 
@@ -142,6 +142,11 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
     """Create the run directory and record the resolved config; check it on resume."""
     config_path = run_dir / CONFIG_FILE
     if resume:
+        if not config_path.is_file() and (run_dir / CHECKPOINT).is_file():
+            raise ConfigError(f"cannot resume: {config_path} is missing, the recipe the "
+                              f"checkpoint beside it was trained with (resume checks against "
+                              f"it); restore it, or copy there the recipe the run was started "
+                              f"with (overrides included)")
         if not config_path.is_file():
             raise ConfigError(f"cannot resume: {run_dir} holds no run ({CONFIG_FILE} missing); "
                               f"train without --resume first")
@@ -202,12 +207,15 @@ def _write_config(run_dir: Path, config: dict) -> None:
 
 def _weights_are(path: Path, state: dict[str, torch.Tensor]) -> bool:
     """Whether the weights file holds exactly the tensors of ``state`` (and maybe calibrated
-    statistics besides)."""
+    statistics besides), written by training (not by a command that read the checkpoint of
+    an unfinished run: that file is marked so)."""
     if not path.is_file():
         return False
     try:
-        tensors, _ = load_weights(path)
+        tensors, meta = load_weights(path)
     except MutualNetError:
+        return False
+    if isinstance(meta, dict) and "unfinished_step" in meta:
         return False
     return all(k in tensors and torch.equal(tensors[k], v.cpu()) for k, v in state.items())
 
@@ -332,10 +340,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
         scaler = torch.amp.GradScaler(device.type) if tc.amp == "fp16" else None
 
-        step = 0
+        step, leg = 0, None
         if resume:
             state = resume_checkpoint(run_dir, map_location=device)
             info.check_classes(state.get("meta"))
+            trained_on = state.get("train_items")
+            if trained_on is not None and trained_on != len(train_ds):
+                raise DataError(f"the training set ({info.source}) holds {len(train_ds)} items "
+                                f"but {run_dir} was trained on {trained_on}: other data would "
+                                f"change the length and order of every epoch; point --data at "
+                                f"the run's data, or train a new run")
             load_model_state(model, state["model"], f"the weights in the checkpoint of {run_dir}")
             try:
                 optimizer.load_state_dict(state["optimizer"])
@@ -356,9 +370,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                          "nothing to train (%s)", run_dir, step, more)
                 return {"run": str(run_dir), "steps": step, "seconds": 0.0,
                         "validation": None}
-            if dist.is_main:  # the run's recipe is that of its latest leg, once it can go on
-                _write_config(run_dir, config_to_dict(cfg))
+            if dist.is_main:  # the run's recipe is that of its latest leg, once it trains
+                leg = config_to_dict(cfg)
             log.info("resumed %s at step %d", run_dir, step)
+        resumed_at = step
 
         ddp_model: torch.nn.Module = model
         if dist.enabled:
@@ -378,12 +393,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                         bn.calibrated = {}
 
         def checkpoint() -> None:
+            nonlocal leg
             drop_stale_statistics()
+            if leg is not None and step > resumed_at:  # a step trained under this leg's recipe
+                _write_config(run_dir, leg)
+                leg = None
             if dist.is_main:
                 save_checkpoint(run_dir, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": _rng_state(), "step": step, "epoch": step // steps_per_epoch,
+                    "train_items": len(train_ds),
                     "meta": meta,
                 })
             dist.barrier()
@@ -529,7 +549,17 @@ def _train_step(model, ddp_model, images, labels, configs, task, optimizer, scal
 def _validate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, device, dist,
               step: int) -> dict[str, float]:
     """The task's metrics of the full and smallest configurations after calibrating their BN
-    statistics."""
+    statistics. The random number generators are left as they were (a loader draws its seed
+    from them): training goes on the same whether it validates or not, and whether it was
+    resumed from the checkpoint saved before the validation or not (dropout draws from them)."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _calibrate_and_evaluate(model, train_ds, val_ds, space, task, cfg, device, dist)
+
+
+def _calibrate_and_evaluate(model, train_ds, val_ds, space: Space, task, cfg: RunConfig, device,
+                            dist) -> dict[str, float]:
     configs = [space.full] if space.full == space.smallest else [space.full, space.smallest]
     batch = min(cfg.train.batch_size, 256)
     calib = calibration_batches(train_ds, CALIBRATION_BATCHES, batch, cfg.train.seed,

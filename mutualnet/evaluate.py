@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -174,6 +175,7 @@ def evaluate_run(
                     networks=networks, antialias=run.space.antialias)
     model = run.model
     for row, config in zip(rows, configs):
+        row["data"] = run.data_source  # rows compare only when measured on the same data
         macs, params = count_macs(model, config.resolution, width=config.width,
                                   frames=config.frames)
         row["mmacs"] = round(macs / 1e6, 3)
@@ -195,5 +197,11 @@ def evaluate_run(
             row[f"latency_ms_b{latency_batch}"] = round(
                 measure_latency(static, (latency_batch, *shape), run.device, 2, 7), 4)
             row["latency_device"] = str(run.device)
+    untrained = sorted({c.resolution for c in configs} - set(run.config.space.resolutions))
+    if untrained:
+        logging.getLogger("mutualnet").warning(
+            "evaluated resolutions the run was not trained at (%s; trained: %s): their rows "
+            "enter the table as measured", ", ".join(map(str, untrained)),
+            ", ".join(map(str, run.config.space.resolutions)))
     update_results(run.path, rows, device=str(run.device))
     return rows

@@ -86,11 +86,13 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
     # what the network takes: images normalised with the run's statistics, at this size
     info.update(input_shape=["batch", model.in_chans, *frames, config.resolution,
                              config.resolution],
-                mean=run.meta["mean"], std=run.meta["std"])
+                mean=run.meta["mean"], std=run.meta["std"],
+                preprocess=preprocessing(run.config, config, model.in_chans),
+                bn_folded=fold_bn and fmt != "safetensors")
     described = {**info, "task": run.meta.get("task", "classification"),
                  "class_names": run.meta.get("class_names"),
                  "input": "float images, (x / 255 - mean) / std per channel, resized to "
-                          "resolution x resolution"}
+                          "resolution x resolution (the steps: preprocess)"}
     described.pop("file")
     if fmt == "safetensors":
         from safetensors.torch import save
@@ -98,7 +100,8 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         meta = {**{k: run.meta[k] for k in ("model", "options", "num_classes", "in_chans",
                                                "mean", "std", "class_names", "task", "head")
                    if k in run.meta},
-                "width": config.width, "resolution": config.resolution, "frames": config.frames}
+                "width": config.width, "resolution": config.resolution, "frames": config.frames,
+                "preprocess": info["preprocess"]}
         tensors = {k: v.contiguous() for k, v in static.state_dict().items()}
         atomic_write_bytes(out, save(tensors, metadata={"mutualnet_static": json.dumps(meta)}))
         return info
@@ -132,6 +135,34 @@ def _with_metadata(model: bytes, metadata: dict[str, str]) -> bytes:
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                             key: value})
     return proto.SerializeToString()
+
+
+def preprocessing(cfg, config: Config, channels: int) -> list[str]:
+    """How evaluation turned a stored image into the network's input at ``config``, step by
+    step, for whoever feeds an export: the accuracy of the query table holds for input made
+    this way (another resize filter costs tenths of a point at small resolutions)."""
+    top = max(cfg.space.resolutions)
+    steps = []
+    if cfg.data.format == "image_folder" and cfg.task == "classification":
+        shorter = max(top, int(round(top / cfg.data.eval_crop_ratio)))
+        mode = {1: "grayscale", 3: "RGB"}.get(channels, f"{channels} channels")
+        steps += [f"decode as {mode}",
+                  f"resize the shorter side to {shorter} px (Pillow bilinear, antialiased)",
+                  f"centre-crop {top} x {top}"]
+    else:
+        steps.append(f"the data pipeline's {top} x {top} px images (data.format "
+                     f"{cfg.data.format})")
+    if config.frames is not None and cfg.space.frames and config.frames != max(cfg.space.frames):
+        most = max(cfg.space.frames)
+        steps.append(f"take {config.frames} of the clip's {most} frames, evenly spaced (indices "
+                     f"round(linspace(0, {most - 1}, {config.frames})))")
+    if config.resolution != top:
+        how = ("bilinear, align_corners=False, antialias=True" if cfg.space.antialias else
+               "bilinear, align_corners=True, no antialiasing")
+        steps.append(f"resize {top} x {top} to {config.resolution} x {config.resolution}: "
+                     f"{how} (torch.nn.functional.interpolate)")
+    steps.append("x / 255, then (x - mean) / std per channel")
+    return steps
 
 
 def _warn_untrained(run, config: Config) -> None:

@@ -57,6 +57,8 @@ class Run:
     #: a data location given to a run that records none (a converted run), recorded once the
     #: data is found to fit
     _unrecorded_root: str | None = field(default=None, repr=False)
+    #: where the data of the latest :meth:`datasets` came from, in words (results record it)
+    data_source: str | None = field(default=None, repr=False)
 
     def use_data(self, root: str) -> None:
         """Read the data from ``root`` (it moved since training, or the run records none)."""
@@ -132,6 +134,7 @@ class Run:
                 f"does not fit the model ({self.meta['num_classes']} classes, "
                 f"{self.meta['in_chans']} channels); point --data at the run's dataset")
         info.check_classes(self.meta)
+        self.data_source = info.source
         if self._unrecorded_root is not None:  # later commands need no --data
             recorded = config_to_dict(read_run_config(self.path))
             recorded["data"]["root"] = self._unrecorded_root
@@ -170,8 +173,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a run directory written by ``mutualnet train`` (or ``convert-official``)."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"run directory {path} does not exist; give the --out of a "
-                              f"finished `mutualnet train`")
+        what = "is a file, not a run directory" if path.exists() else \
+            "does not exist: no run directory"
+        raise CheckpointError(f"{path} {what}; give the --out of a finished `mutualnet train`")
     if not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
     config = read_run_config(path)

@@ -56,13 +56,19 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not budget > 0:
         shown = f"{budget:g}" if isinstance(budget, float) else repr(budget)
         raise ConfigError(f"the budget must be a positive number, got {shown}")
-    untimed = sum("latency_ms" not in r for r in rows)
-    if cost == "latency_ms" and untimed:
-        which = "the grid has" if untimed == len(rows) else \
-            f"{untimed} of the {len(rows)} rows of the grid {'has' if untimed == 1 else 'have'}"
-        raise ConfigError(f"{which} no latency; run `mutualnet evaluate {run} --latency` "
-                          f"first")
     metric = metric_of(rows)
+    if cost == "latency_ms":
+        untimed = [r for r in rows if "latency_ms" not in r]
+        if len(untimed) == len(rows):
+            raise ConfigError(f"the grid has no latency; run `mutualnet evaluate {run} "
+                              f"--latency` first")
+        if untimed:  # configurations evaluated without --latency: chosen from the others
+            names = [_label(r) for r in untimed]
+            logging.getLogger("mutualnet").warning(
+                "%d of the %d configurations have no measured latency and are not considered "
+                "(%s); evaluate them with --latency to include them", len(untimed), len(rows),
+                ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else ""))
+            rows = [r for r in rows if "latency_ms" in r]
     fits = [r for r in rows if r[cost] <= budget]
     if not fits:
         cheapest = min(r[cost] for r in rows)
@@ -75,7 +81,9 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
 def read_grid(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / GRID_JSON
     if not Path(run_dir).is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
+        what = "is a file, not a run directory" if Path(run_dir).exists() else \
+            "does not exist: no run directory"
+        raise ConfigError(f"{run_dir} {what}")
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no grid.json; run `mutualnet evaluate {run_dir}` first")
     try:
@@ -135,7 +143,8 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         f"MACs.",
         "",
     ]
-    has_latency = all("latency_ms" in r for r in rows)
+    timed = [r for r in rows if "latency_ms" in r]
+    has_latency = bool(timed)
     head = (["MMACs", "config"] + (["frames"] if has_frames else []) + [metric]
             + (["latency ms (batch 1)"] if has_latency else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -143,12 +152,17 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         cells = ([f"{row['mmacs']:.2f}", _label(row)] + ([str(row["frames"])] if has_frames
                                                           else []) + [f"{row[metric]:.2f}"])
         if has_latency:
-            cells.append(f"{row['latency_ms']:.3f}")
+            cells.append(f"{row['latency_ms']:.3f}" if "latency_ms" in row else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if has_latency:
-        lines += ["", f"## By measured latency ({device})", "",
-                  f"| latency ms (batch 1) | config | {metric} | MMACs |", "|---|---|---|---|"]
-        for row in sorted(pareto_front(rows, "latency_ms", metric), key=lambda r: -r["latency_ms"]):
+        untimed = len(rows) - len(timed)
+        note = (f" The {untimed} configuration{'s' * (untimed != 1)} evaluated without "
+                f"`--latency` {'are' if untimed != 1 else 'is'} not in it." if untimed else "")
+        lines += ["", f"## By measured latency ({device})", ""] + (
+            [note.strip(), ""] if note else []) + [
+            f"| latency ms (batch 1) | config | {metric} | MMACs |", "|---|---|---|---|"]
+        for row in sorted(pareto_front(timed, "latency_ms", metric),
+                          key=lambda r: -r["latency_ms"]):
             lines.append(f"| {row['latency_ms']:.3f} | {_label(row)} | {row[metric]:.2f} | "
                          f"{row['mmacs']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -263,6 +277,14 @@ def update_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu
             continue
         if "latency_ms" not in same:  # every latency column of the earlier row, its device
             same.update((k, v) for k, v in row.items() if k.startswith("latency"))
+    data = {r["data"] for r in rows if "data" in r}
+    other = sorted({r["data"] for r in kept if "data" in r} - data)
+    if other and data:
+        logging.getLogger("mutualnet").warning(
+            "%s now holds rows measured on different data: %d configuration(s) on %s, these "
+            "on %s; their accuracies do not compare (evaluate them all with the same --data)",
+            run_dir, sum(r.get("data") in other for r in kept), " and ".join(other),
+            " and ".join(sorted(data)))
     merged = sorted(kept + list(new.values()), key=_configuration)
     write_results(run_dir, merged, device)
     return merged

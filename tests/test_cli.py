@@ -68,6 +68,19 @@ def test_an_unknown_option_is_named_with_its_subcommand(capsys):
                                        "(see 'mutualnet --help')\n")
 
 
+def test_a_file_given_as_the_run_is_named_as_such(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args in (["select", afile, "--max-mmacs", "1"],
+                 ["export", afile, "--width", "1", "--resolution", "28", "--format", "onnx",
+                  "-o", tmp_path / "m.onnx"]):
+        proc = subprocess.run([sys.executable, "-m", "mutualnet", *map(str, args)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith(f"error: {afile} is a file, not a run directory"), \
+            proc.stderr
+
+
 def test_help_and_the_package_import_do_not_wait_for_torch():
     code = ("import sys, mutualnet, mutualnet.cli; loaded = 'torch' in sys.modules; "
             "from mutualnet import Config, count_macs; "

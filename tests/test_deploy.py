@@ -1,6 +1,7 @@
 """From a trained run to a deployed configuration: calibration, grid, query table, export."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -186,10 +187,9 @@ def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
     with pytest.raises(ConfigError, match=r"the budget must be a positive number, got '1.0'"):
         select(rows, max_mmacs="1.0")
     assert select(rows, max_mmacs=np.int64(2)) == rows[0]
-    timed = [{**rows[0], "latency_ms": 1.0}, {**rows[0], "width": 0.75}]
-    with pytest.raises(ConfigError, match=r"1 of the 2 rows of the grid has no latency; run "
+    with pytest.raises(ConfigError, match=r"the grid has no latency; run "
                                           r"`mutualnet evaluate runs/x --latency`"):
-        select(timed, max_latency_ms=2.0, run="runs/x")
+        select(rows, max_latency_ms=2.0, run="runs/x")
     with pytest.raises(ConfigError, match=r"give exactly one budget: mmacs= or latency_ms="):
         m.set_budget()
     from mutualnet.select import _label
@@ -261,6 +261,11 @@ def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
         assert meta["input_shape"] == ["batch", 3, 12, 12]
         assert (meta["width"], meta["resolution"]) == (0.7, 12)
     assert stored["class_names"] == run.meta["class_names"]
+    # how evaluation made its input, as a phone's code must make it
+    assert stored["preprocess"] == info["preprocess"]
+    assert info["preprocess"][-2:] == [
+        "resize 16 x 16 to 12 x 12: bilinear, align_corners=True, no antialiasing "
+        "(torch.nn.functional.interpolate)", "x / 255, then (x - mean) / std per channel"]
     # batch norm is folded into the convolutions, unless asked to stay
     import onnx
 
@@ -274,6 +279,7 @@ def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "BatchNormalization" in operators(kept)
     assert json.loads(proc.stdout)["max_abs_diff_vs_torch"] <= 1e-4
+    assert info["bn_folded"] is True and json.loads(proc.stdout)["bn_folded"] is False
 
 
 def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
@@ -285,6 +291,8 @@ def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
         proc = cli("export", run_dir, "--width", "0.5", "--resolution", "16", "--format", fmt,
                    "-o", out)
         assert proc.returncode == 0, proc.stderr
+        # a safetensors export keeps the BN layers of the model code that rebuilds it
+        assert json.loads(proc.stdout)["bn_folded"] is (fmt == "torchscript")
         loaded = torch.jit.load(str(out)) if fmt == "torchscript" else mutualnet.load_exported(out)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)
@@ -292,6 +300,22 @@ def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
     torch.jit.load(str(tmp_path / "m.torchscript"), _extra_files=extra)
     stored = json.loads(extra["mutualnet.json"])
     assert stored["mean"] == run.meta["mean"] and stored["input_shape"] == ["batch", 3, 16, 16]
+
+
+def test_the_preprocessing_of_an_image_folder_export_names_every_step():
+    from mutualnet.config import load_config
+    from mutualnet.export import preprocessing
+
+    cfg = load_config("configs/fashion_mnist.yaml", [
+        "data.format=image_folder", "data.root=/images", "space.resolutions=[224,160]",
+        "data.eval_crop_ratio=0.875", "space.antialias=true"])
+    assert preprocessing(cfg, Config(0.5, 160), 3) == [
+        "decode as RGB", "resize the shorter side to 256 px (Pillow bilinear, antialiased)",
+        "centre-crop 224 x 224", "resize 224 x 224 to 160 x 160: bilinear, align_corners=False, "
+        "antialias=True (torch.nn.functional.interpolate)",
+        "x / 255, then (x - mean) / std per channel"]
+    assert preprocessing(cfg, Config(0.5, 224), 1)[:1] == ["decode as grayscale"]
+    assert "resize 224" not in " ".join(preprocessing(cfg, Config(0.5, 224), 1))
 
 
 def test_export_at_a_resolution_never_trained_warns(run_dir, tmp_path):
@@ -302,6 +326,10 @@ def test_export_at_a_resolution_never_trained_warns(run_dir, tmp_path):
                "safetensors", "-o", tmp_path / "m.safetensors")
     assert proc.returncode == 0, proc.stderr
     assert "20 is not among the resolutions the run was trained at (16, 12)" in proc.stderr
+    # measuring it says so too: its row enters the query table
+    proc = cli("evaluate", run, "--widths", "0.5", "--resolutions", "12,20")
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluated resolutions the run was not trained at (20; trained: 16, 12)" in proc.stderr
 
 
 def test_batchnorm_folding_keeps_outputs():
@@ -518,6 +546,45 @@ def test_a_row_measured_again_without_latency_keeps_every_latency_column(tmp_pat
     assert row["top1"] == 90.5 and row["latency_ms"] == 0.5 and row["latency_ms_b32"] == 3.0
 
 
+def test_configurations_evaluated_without_latency_leave_the_others_selectable(tmp_path,
+                                                                              caplog):
+    from mutualnet.select import read_grid, update_results
+
+    rows = [{"width": w, "resolution": 28, "mmacs": 2.4 * w, "top1": 80 + 10 * w,
+             "latency_ms": 0.5 + w} for w in (0.5, 1.0)]
+    update_results(tmp_path, rows)
+    # one more configuration, evaluated without --latency, best at its cost
+    update_results(tmp_path, [{"width": 0.42, "resolution": 28, "mmacs": 0.9, "top1": 99.0}])
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        chosen = select(read_grid(tmp_path), max_latency_ms=10)
+    assert chosen["width"] == 1.0
+    assert "1 of the 3 configurations have no measured latency and are not considered " \
+           "(0.42-28)" in caplog.text
+    assert select(read_grid(tmp_path), max_mmacs=1.0)["width"] == 0.42
+    table = (tmp_path / "query_table.md").read_text()
+    assert "| 0.90 | 0.42-28 | 99.00 | – |" in table
+    latency = table.split("## By measured latency")[1]
+    assert "The 1 configuration evaluated without `--latency` is not in it." in latency
+    assert "0.42-28" not in latency.split("|---|", 1)[1] and "| 1.500 | 1.0-28 |" in latency
+
+
+def test_rows_measured_on_other_data_are_kept_with_a_warning(tmp_path, caplog):
+    from mutualnet.select import read_grid, update_results
+
+    def row(width, data):
+        return {"width": width, "resolution": 28, "mmacs": 2.4 * width, "top1": 90.0,
+                "data": data}
+
+    update_results(tmp_path, [row(1.0, "/data/a"), row(0.5, "/data/a")])
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        update_results(tmp_path, [row(0.5, "/data/a")])
+    assert "different data" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mutualnet"):
+        update_results(tmp_path, [row(0.5, "/data/b")])
+    assert "1 configuration(s) on /data/a, these on /data/b" in caplog.text
+    assert [r["data"] for r in read_grid(tmp_path)] == ["/data/b", "/data/a"]
+
+
 def test_adaptive_model_serves_the_weights_loaded_into_it(run_dir):
     """Its networks are built on first use; loading other weights (or rebuild() after an
     edit in place) builds them again, so it never serves stale weights."""
@@ -608,6 +675,7 @@ def test_an_antialiased_run_resizes_so_everywhere(tmp_path, monkeypatch):
     config = Config(0.5, 12)
     rows = evaluate_run(run, [config], progress=False)
     assert seen and all(seen)
+    assert rows[0]["data"] == run.data_source and run.data_source
     net = static_network(run.model, config, run.config.train.channels_last)
     _, val = run.datasets()
     images = torch.stack([val[i][0] for i in range(len(val))])

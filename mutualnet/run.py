@@ -18,7 +18,8 @@ from .space import Config, Space, channels_last
 from .tasks import build_task_model
 from .select import GRID_CSV, GRID_JSON, PARETO_PNG, QUERY_TABLE, RESULT_FILES
 from .train.checkpoint import (CHECKPOINT, CONFIG_FILE, LOCK, PREVIOUS, WEIGHTS, load_checkpoint,
-                               load_model_state, load_weights, save_weights, write_config)
+                               load_model_state, load_weights, no_run_directory, save_weights,
+                               write_config)
 from .train.log import LOG
 
 __all__ = ["Run", "load_run", "CONFIG_FILE", "GRID_JSON", "GRID_CSV",
@@ -173,9 +174,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     """Open a run directory written by ``mutualnet train`` (or ``convert-official``)."""
     path = Path(path)
     if not path.is_dir():
-        what = "is a file, not a run directory" if path.exists() else \
-            "does not exist: no run directory"
-        raise CheckpointError(f"{path} {what}; give the --out of a finished `mutualnet train`")
+        raise CheckpointError(f"{no_run_directory(path)}; give the --out of a finished "
+                              f"`mutualnet train`")
     if not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
     config = read_run_config(path)

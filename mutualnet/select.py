@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError, MutualNetError
 from .space import Config, is_count
-from .train.checkpoint import atomic_write_bytes
+from .train.checkpoint import atomic_write_bytes, no_run_directory
 
 __all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
            "remove_results_of", "update_results", "write_results"]
@@ -81,9 +81,7 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
 def read_grid(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / GRID_JSON
     if not Path(run_dir).is_dir():
-        what = "is a file, not a run directory" if Path(run_dir).exists() else \
-            "does not exist: no run directory"
-        raise ConfigError(f"{run_dir} {what}")
+        raise ConfigError(no_run_directory(run_dir))
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no grid.json; run `mutualnet evaluate {run_dir}` first")
     try:
@@ -155,12 +153,12 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
             cells.append(f"{row['latency_ms']:.3f}" if "latency_ms" in row else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if has_latency:
+        lines += ["", f"## By measured latency ({device})", ""]
         untimed = len(rows) - len(timed)
-        note = (f" The {untimed} configuration{'s' * (untimed != 1)} evaluated without "
-                f"`--latency` {'are' if untimed != 1 else 'is'} not in it." if untimed else "")
-        lines += ["", f"## By measured latency ({device})", ""] + (
-            [note.strip(), ""] if note else []) + [
-            f"| latency ms (batch 1) | config | {metric} | MMACs |", "|---|---|---|---|"]
+        if untimed:
+            lines += [f"The {untimed} configuration{'s' * (untimed != 1)} evaluated without "
+                      f"`--latency` {'are' if untimed != 1 else 'is'} not in it.", ""]
+        lines += [f"| latency ms (batch 1) | config | {metric} | MMACs |", "|---|---|---|---|"]
         for row in sorted(pareto_front(timed, "latency_ms", metric),
                           key=lambda r: -r["latency_ms"]):
             lines.append(f"| {row['latency_ms']:.3f} | {_label(row)} | {row[metric]:.2f} | "

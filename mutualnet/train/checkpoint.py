@@ -154,6 +154,12 @@ def _holder(fd: int) -> str:
         return "another mutualnet command"
 
 
+def no_run_directory(path: Path) -> str:
+    """Why ``path``, not a directory, holds no run, for a message."""
+    return (f"{path} is a file, not a run directory" if Path(path).exists() else
+            f"{path} does not exist: no run directory")
+
+
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     """Write a run's resolved recipe (``config.yaml``) atomically."""
     import yaml

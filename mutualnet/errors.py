@@ -26,3 +26,14 @@ class CheckpointError(MutualNetError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that asks to run code when loaded: refused, never replaced by an older one."""
+
+
+def printable(name: str) -> str:
+    """A name for a one-line message: printable characters as they are, others escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
+
+
+def listed(names: list[str], most: int = 8) -> str:
+    """Names for a message: all of them, or the first ``most`` and a count."""
+    text = ", ".join(printable(n) for n in names[:most])
+    return text if len(names) <= most else f"{text}, ... ({len(names)} in all)"

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MutualNetError
+from .errors import ConfigError, MutualNetError, listed
 from .space import Config, is_count
 from .train.checkpoint import atomic_write_bytes, no_run_directory
 
@@ -63,11 +63,10 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
             raise ConfigError(f"the grid has no latency; run `mutualnet evaluate {run} "
                               f"--latency` first")
         if untimed:  # configurations evaluated without --latency: chosen from the others
-            names = [_label(r) for r in untimed]
             logging.getLogger("mutualnet").warning(
                 "%d of the %d configurations have no measured latency and are not considered "
                 "(%s); evaluate them with --latency to include them", len(untimed), len(rows),
-                ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else ""))
+                listed([_label(r) for r in untimed], 5))
             rows = [r for r in rows if "latency_ms" in r]
     fits = [r for r in rows if r[cost] <= budget]
     if not fits:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, listed
 from .base import TensorImageDataset
 from .cifar import load_cifar
-from .folder import ImageFolderDataset, _listed
+from .folder import ImageFolderDataset
 from . import idx as _idx
 from .idx import FASHION_MNIST_CLASSES, IDX_FILES, find_idx_files, load_idx_split
 from .synthetic import SYNTHETIC_CHANNELS, SYNTHETIC_CLASSES, make_synthetic
@@ -65,8 +65,8 @@ class DataInfo:
         trained = [_nfc(n) for n in trained] if isinstance(trained, list) else []
         found = [_nfc(n) for n in self.class_names]
         if _named(trained) and _named(found) and found != trained[:len(found)]:
-            raise DataError(f"the data ({self.source}) has the classes {_listed(found)} but the "
-                            f"run was trained on {_listed(trained)}; its labels would name other "
+            raise DataError(f"the data ({self.source}) has the classes {listed(found)} but the "
+                            f"run was trained on {listed(trained)}; its labels would name other "
                             f"classes: point --data at the run's dataset")
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from .folder import to_8_bits
 from .transforms import _check_size, _Normalize, pil_to_tensor
 
@@ -138,9 +138,8 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
             ([float(v) for v in bbox], cat_index[a["category_id"]], bool(crowd),
              segmentation if need_masks else None))
     if unused:
-        more = f", ... ({len(unused)} in all)" if len(unused) > 5 else ""
         log.warning("%s: %d box(es) of zero size or wholly outside their image are not used: "
-                    "%s%s", source, len(unused), ", ".join(unused[:5]), more)
+                    "%s", source, len(unused), listed(unused, 5))
     return CocoIndex(source, categories, images, annotations)
 
 

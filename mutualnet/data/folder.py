@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, listed, printable
 
 __all__ = ["ImageFolderDataset", "check_image", "list_classes", "load_image"]
 
@@ -71,17 +71,6 @@ def check_image(path: str) -> str | None:
     except Exception as exc:
         return _reason(exc)
     return None
-
-
-def _shown(name: str) -> str:
-    """A name for a one-line message: printable characters as they are, others escaped."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)
-
-
-def _listed(names: list[str], most: int = 8) -> str:
-    """Names for a message: all of them, or the first ``most`` and a count."""
-    text = ", ".join(_shown(n) for n in names[:most])
-    return text if len(names) <= most else f"{text}, ... ({len(names)} in all)"
 
 
 @functools.cache
@@ -163,8 +152,8 @@ def folder_samples(
     elif found != [unicodedata.normalize("NFC", c) for c in classes]:
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
-        parts = ([f"lacks {_listed(missing, 5)}"] if missing else []) + \
-                ([f"has extra {_listed(extra, 5)}"] if extra else [])
+        parts = ([f"lacks {listed(missing, 5)}"] if missing else []) + \
+                ([f"has extra {listed(extra, 5)}"] if extra else [])
         fixes = (["add the missing folders (empty ones are fine)"] if missing else []) + \
                 (["remove or rename the extra ones"] if extra else [])
         raise DataError(f"{root} must hold the same class folders as train: it "
@@ -175,7 +164,7 @@ def folder_samples(
     stray = sorted(e.name for e in os.scandir(root) if not e.is_dir() and _visible(e.name))
     if stray:  # a file beside the class folders has no class
         log.warning("ignored %d file(s) in %s outside any class folder: %s", len(stray), root,
-                    _listed(stray, 3))
+                    listed(stray, 3))
     usual = [e for e in (".jpg", ".jpeg", ".png") if e in extensions]
     endings = ", ".join(extensions) if len(extensions) <= 8 else \
         f"{', '.join(usual)} and {len(extensions) - len(usual)} other endings Pillow reads"
@@ -188,16 +177,16 @@ def folder_samples(
                             f"some, or remove the class from every split")
         if not files:
             log.info("%s holds no %s: this split has none of class %s", root / folders[name], kind,
-                     _shown(name))
+                     printable(name))
         samples.extend((f, label) for f in files)
     if looping:
         log.warning("did not follow %d folder link(s) in %s that lead back to a folder listed "
                     "already or holding it: %s", len(looping), root,
-                    _listed([os.path.relpath(f, root) for f in looping], 3))
+                    listed([os.path.relpath(f, root) for f in looping], 3))
     if ignored:
         log.warning("ignored %d file(s) in %s that are not %s by their names (%s): %s",
                     len(ignored), root, kind, endings,
-                    _listed([os.path.relpath(f, root) for f in ignored], 3))
+                    listed([os.path.relpath(f, root) for f in ignored], 3))
     skipped: list[str] = []
     if skip_bad_files:
         workers = min(16, 2 * (os.cpu_count() or 1))

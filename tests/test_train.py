@@ -110,6 +110,52 @@ def test_statistics_of_an_epochs_validation_are_not_saved_with_later_weights(tmp
     assert any(".calibrated.w0p5_r12." in k for k in tensors)
 
 
+def test_a_run_stopped_in_its_last_validation_validates_when_resumed(tmp_path, monkeypatch):
+    """The checkpoint of the last step is saved before the last validation; a run stopped
+    during that validation is resumed at its last step with nothing left to train, and must
+    still validate, so that its weights carry the calibrated statistics of the full and
+    smallest configurations."""
+    import mutualnet.train.loop as loop
+
+    run = tmp_path / "run"
+    validate = loop._validate
+
+    def stopped(*args, **kwargs):
+        if args[-1] == 40:  # the last step
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_validate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny("train.epochs=2"), run)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 40
+    monkeypatch.setattr(loop, "_validate", validate)
+    summary = train(tiny("train.epochs=2"), run, resume=True)
+    assert summary["validation"] is not None
+    assert [r["step"] for r in read_log(run) if r["kind"] == "val"] == [20, 40]
+    tensors, _ = load_weights(run / "model.safetensors")
+    assert any(".calibrated.w0p5_r12." in k for k in tensors)
+
+
+def test_a_signal_while_the_weights_are_written_lets_them_be_written(tmp_path, monkeypatch):
+    """Training is over when its weights are written: a Ctrl-C then waits for the file."""
+    import signal
+
+    import mutualnet.train.loop as loop
+
+    save = loop.save_weights
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_weights", signalled)
+    run = tmp_path / "run"
+    assert train(tiny("train.epochs=1", "train.validate=false"), run)["steps"] == 20
+    assert load_weights(run / "model.safetensors")[1]["model"] == "mobilenet_v2"
+    assert read_log(run)[-1]["kind"] == "done"
+
+
 def test_resume_with_more_epochs_trains_further_and_records_them(tmp_path):
     import yaml
 
@@ -376,3 +422,24 @@ def test_an_unknown_allocator_setting_is_one_line_and_exit_2():
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "MUTUALNET_MALLOC" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_config_built_in_python_is_checked_as_a_recipe_is(tmp_path):
+    import dataclasses
+
+    from mutualnet.config import RunConfig
+
+    cfg = tiny("train.max_steps=1")
+    for change, message in (({"train": {"batch_size": 0}}, "train.batch_size"),
+                            ({"train": {"epochs": "1"}}, "train.epochs"),
+                            ({"space": {"resolutions": []}}, "space.resolutions"),
+                            ({"space": {"width_range": (1.0, 0.5)}}, "space.width_range")):
+        (section, values), = change.items()
+        bad = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                       **values)})
+        with pytest.raises(ConfigError, match=message):
+            train(bad, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="train takes a RunConfig.*not a dict"):
+        train({"train": {}}, tmp_path / "run")
+    assert isinstance(cfg, RunConfig)

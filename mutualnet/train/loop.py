@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..calibrate import calibrate, calibration_batches
-from ..config import RunConfig, absolute_root, config_to_dict
+from ..config import RunConfig, absolute_root, config_from_dict, config_to_dict
 from ..data.base import Loader, collate_fn_of, evaluation_loader, to_device
 from ..errors import CheckpointError, ConfigError, DataError, MutualNetError
 from ..evaluate import evaluate
@@ -293,6 +293,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     """Train ``cfg`` into ``run_dir``; returns a summary (steps, time, last validation)."""
     from ..data import build_datasets
 
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"train takes a RunConfig (mutualnet.config.load_config or "
+                          f"config_from_dict), not a {type(cfg).__name__}")
+    # a config built in Python is checked as a recipe file is: types, then values
+    cfg = config_from_dict(config_to_dict(cfg))
     run_dir = Path(run_dir)
     if cfg.data.root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
@@ -408,6 +413,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                 })
             dist.barrier()
 
+        def validate() -> None:
+            # the task's metrics at an epoch's end; its calibrated statistics are kept
+            nonlocal last_validation, calibrated_at
+            last_validation = _validate(model, train_ds, val_ds, space, task, cfg, device,
+                                        dist, step)
+            calibrated_at = step
+            if dist.is_main:
+                epoch = (step - 1) // steps_per_epoch
+                run_log.write({"kind": "val", "step": step, "epoch": epoch, **last_validation})
+                log.info("epoch %d: %s", epoch + 1, _format_validation(last_validation))
+
         stop = _Stop()
         handlers = _install_signal_handlers(stop)
         local_batch = tc.batch_size // dist.world_size
@@ -457,30 +473,29 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                 epoch_done = step % steps_per_epoch == 0
                 checkpoint()
                 if epoch_done and tc.validate:
-                    last_validation = _validate(model, train_ds, val_ds, space, task, cfg,
-                                                device, dist, step)
-                    calibrated_at = step
-                    if dist.is_main:
-                        run_log.write({"kind": "val", "step": step, "epoch": epoch,
-                                       **last_validation})
-                        log.info("epoch %d: %s", epoch + 1, _format_validation(last_validation))
+                    validate()
                 if stop.signal is not None:  # signalled while validating: saved above
                     raise stop.interrupted(step)
+            if resumed_at == step > 0 and step % steps_per_epoch == 0 and tc.validate:
+                # stopped during its last validation (the checkpoint is saved before it)
+                validate()
+                if stop.signal is not None:
+                    raise stop.interrupted(step)
+            elapsed = time.time() - started
+            if dist.is_main:  # a signal meanwhile waits: the run is trained, its weights due
+                from ..select import remove_results
+
+                # the table and calibrated statistics of earlier weights describe them
+                removed = remove_results(run_dir)
+                if removed:
+                    log.warning("removed %s, the results of the earlier weights of %s; run "
+                                "`mutualnet evaluate %s` again", ", ".join(removed), run_dir,
+                                run_dir)
+                drop_stale_statistics()
+                save_weights(run_dir / WEIGHTS, model.state_dict(), {**meta, "step": step})
         finally:
             _restore_signal_handlers(handlers)
             run_log.close()
-        elapsed = time.time() - started
-        if dist.is_main:
-            from ..select import remove_results
-
-            # the table and calibrated statistics of earlier weights describe them, not these
-            removed = remove_results(run_dir)
-            if removed:
-                log.warning("removed %s, the results of the earlier weights of %s; run "
-                            "`mutualnet evaluate %s` again", ", ".join(removed), run_dir,
-                            run_dir)
-            drop_stale_statistics()
-            save_weights(run_dir / WEIGHTS, model.state_dict(), meta)
         summary = {"run": str(run_dir), "steps": step, "seconds": round(elapsed, 1),
                    "validation": last_validation}
         if dist.is_main:

@@ -179,16 +179,19 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if not (path / CONFIG_FILE).is_file():
         raise CheckpointError(f"{path} is not a run directory ({CONFIG_FILE} missing)")
     config = read_run_config(path)
+    checkpoint = None
     if (path / WEIGHTS).is_file():
         source = path / WEIGHTS
         state, meta = load_weights(source)
+        checkpoint = _continued(path, meta)
     elif (path / CHECKPOINT).is_file():
+        checkpoint = load_checkpoint(path / CHECKPOINT)
+    if checkpoint is not None:
         source = path / CHECKPOINT
-        checkpoint = load_checkpoint(source)
         state, meta = checkpoint["model"], checkpoint.get("meta") or {}
         if isinstance(meta, dict):  # kept with the weights that commands write back
             meta = {**meta, "unfinished_step": checkpoint.get("step")}
-    else:
+    elif not (path / WEIGHTS).is_file():
         raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
                               f"train it first")
     _check_meta(meta, source, config)
@@ -212,6 +215,24 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     if config.train.channels_last:  # the recipe's layout: calibration runs about 2x faster
         model.to(memory_format=channels_last(5 if getattr(model, "temporal", False) else 4))
     return Run(path, config, meta, model, device)
+
+
+def _continued(path: Path, meta: Any) -> dict | None:
+    """The checkpoint of a run whose training went on past its weights file (a later leg,
+    stopped before it wrote its weights): its weights are the run's latest. Only a checkpoint
+    written after the weights file is read; weights files of older versions record no step."""
+    step = meta.get("step") if isinstance(meta, dict) else None
+    checkpoint = path / CHECKPOINT
+    if not isinstance(step, int) or "unfinished_step" in meta or not checkpoint.is_file():
+        return None
+    try:
+        if checkpoint.stat().st_mtime_ns <= (path / WEIGHTS).stat().st_mtime_ns:
+            return None
+        state = load_checkpoint(checkpoint)
+    except (OSError, MutualNetError):  # `train --resume` reports it; the weights are whole
+        return None
+    later = state.get("step")
+    return state if isinstance(later, int) and later > step else None
 
 
 def _check_meta(meta: Any, source: Path, config: RunConfig) -> None:

@@ -659,6 +659,33 @@ def test_a_full_disk_under_the_log_loses_no_training(tmp_path, monkeypatch, capl
     assert [r["step"] for r in read_log(run)] == [3]
 
 
+def test_a_full_disk_under_a_checkpoint_leaves_the_last_one_and_says_so(tmp_path,
+                                                                      monkeypatch):
+    import builtins
+
+    from mutualnet.errors import CheckpointError
+    from mutualnet.train import checkpoint as checkpoint_module
+
+    path = tmp_path / "checkpoint.pt"
+    checkpoint_module.atomic_write_bytes(path, b"last")
+
+    def full(file, *args, **kwargs):
+        handle = builtins.open(file, *args, **kwargs)
+        handle.write = lambda data: (_ for _ in ()).throw(
+            OSError(28, "No space left on device"))
+        return handle
+
+    monkeypatch.setattr(checkpoint_module, "open", full, raising=False)
+    for target, kept in ((path, True), (tmp_path / "model.safetensors", False)):
+        with pytest.raises(CheckpointError) as caught:
+            checkpoint_module.atomic_write_bytes(target, b"next")
+        message = str(caught.value)
+        assert "No space left on device" in message and "free space" in message
+        assert ("the one there is left as it was" in message) == kept, message
+    assert path.read_bytes() == b"last" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt"]
+
+
 @contextlib.contextmanager
 def held_by(run: Path, command: str, pid: int = 4242):
     """``run`` held as a running ``mutualnet command`` holds it (an flock on its .lock)."""
@@ -1077,6 +1104,17 @@ def _log_so_far(run: Path) -> list[dict]:
         return []
 
 
+def test_a_resume_of_a_run_whose_checkpoints_are_gone_does_not_send_back_to_train(run_copy,
+                                                                                  recipe):
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run_copy / name).unlink(missing_ok=True)
+    line = fails_without_damage(run_copy, "train", recipe, "--out", run_copy, "--resume",
+                                "--max-steps", "4",
+                                needles=("holds weights (model.safetensors) but no "
+                                         "checkpoint.pt", "another --out directory"))
+    assert "without --resume" not in line
+
+
 def test_a_resume_without_the_runs_recipe_says_how_to_go_on(tmp_path, run_copy, recipe):
     (run_copy / "config.yaml").unlink()
     fails_without_damage(run_copy, "train", recipe, "--out", run_copy, "--resume",
@@ -1115,6 +1153,37 @@ def test_commands_on_an_unfinished_run_say_so_until_training_finishes(run_copy):
     assert json.loads((run_copy / "log.jsonl").read_text().splitlines()[-1])["kind"] == "done"
     proc = cli("export", run_copy, "--width", "1.0", "--resolution", "12",
                "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
+    assert proc.returncode == 0 and "not finished" not in proc.stderr, proc.stderr
+
+
+def test_a_run_trained_on_and_stopped_before_its_weights_serves_its_latest_step(run_copy,
+                                                                                 monkeypatch):
+    """A finished run trained further (a later leg) and stopped before that leg wrote its
+    weights: its weights file is of the first leg, its checkpoint of the later step; commands
+    must take the checkpoint and say so, not the older weights in silence."""
+    import mutualnet.train.loop as loop
+    from mutualnet.run import load_run
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_weights", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(str(run_copy / "config.yaml"), ["train.max_steps=4"]), run_copy,
+              resume=True)
+    monkeypatch.undo()
+    latest = load_checkpoint(run_copy / "checkpoint.pt")
+    assert latest["step"] == 4
+    proc = cli("export", run_copy, "--width", "1.0", "--resolution", "12",
+               "--format", "safetensors", "-o", run_copy.parent / "net.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    assert "has not finished training: its weights are those of step 4" in proc.stderr
+    model = load_run(run_copy).model.state_dict()
+    assert all(torch.equal(model[k], v) for k, v in latest["model"].items())
+    proc = cli("train", run_copy / "config.yaml", "--out", run_copy, "--resume",
+               "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("calibrate", run_copy, "--widths", "1.0", "--resolutions", "12")
     assert proc.returncode == 0 and "not finished" not in proc.stderr, proc.stderr
 
 

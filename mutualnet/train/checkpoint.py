@@ -60,9 +60,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; choose a writable "
-                              f"location with free space") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = " (the one there is left as it was)" if path.is_file() else ""
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}{kept}; free space "
+                              f"or choose a writable location") from None
     _fsync_dir(path.parent)
 
 
@@ -312,6 +314,10 @@ def resume_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -
                               f"can be used ({errors[0].split('; ')[0]}); restore one or retrain")
     if errors:
         raise CheckpointError(f"cannot resume {run_dir}: {errors[0]}")
+    if (run_dir / WEIGHTS).is_file():  # a finished run whose checkpoints were removed
+        raise CheckpointError(f"cannot resume {run_dir}: it holds weights ({WEIGHTS}) but no "
+                              f"{CHECKPOINT}, the training state going on needs; its training "
+                              f"cannot go on: train a new run in another --out directory")
     raise CheckpointError(f"no checkpoint to resume in {run_dir}; train without --resume first")
 
 

@@ -124,6 +124,8 @@ def test_a_converted_run_calibrates_evaluates_selects_and_exports(official_fixtu
     assert "needs_calibration" not in load_run(run).meta
     proc = cli("evaluate", run, *grid)
     assert proc.returncode == 0, proc.stderr
+    # the 1,000 classes of the run are numbers: two class folders are taken as the first two
+    assert "has 2 classes and the run 1000, which it only numbers" in proc.stderr, proc.stderr
     rows = json.loads((run / "grid.json").read_text())
     assert len(rows) == 4 and {r["mmacs"] for r in rows} >= {13.57}
     proc = cli("select", run, "--max-mmacs", "20")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 _SYNTHETIC_SEED = 0
 
 
+log = logging.getLogger("mutualnet")
+
+
 @dataclass
 class DataInfo:
     """What the model and the logs need to know about the data."""
@@ -58,7 +62,8 @@ class DataInfo:
         with its weights and checkpoints): a label is an index into the class list, so another
         list gives it another meaning (a class folder missing or renamed since training shifts
         every label after it). Lists that only number their classes, as IDX files and
-        converted runs do, say nothing and are not compared; fewer classes are fine when they
+        converted runs do, say nothing and are not compared (fewer classes than such a run's
+        get a warning: they are taken as its first ones); fewer classes are fine when they
         come first."""
         trained = meta.get("class_names") if isinstance(meta, dict) else None
         # names as the folders give them (NFC: one name in either Unicode form is one class)
@@ -68,6 +73,11 @@ class DataInfo:
             raise DataError(f"the data ({self.source}) has the classes {listed(found)} but the "
                             f"run was trained on {listed(trained)}; its labels would name other "
                             f"classes: point --data at the run's dataset")
+        if trained and not _named(trained) and len(found) < len(trained):
+            log.warning("the data (%s) has %d classes and the run %d, which it only numbers: "
+                        "the data's classes are taken as the run's first %d, so its accuracy "
+                        "is right only for data whose classes are those, in that order",
+                        self.source, len(found), len(trained), len(found))
 
 
 def _nfc(name: Any) -> Any:

@@ -282,6 +282,23 @@ def test_onnx_export_matches_torch_in_onnxruntime(run_dir, tmp_path):
     assert info["bn_folded"] is True and json.loads(proc.stdout)["bn_folded"] is False
 
 
+def test_the_onnx_check_scales_with_outputs_in_pixels():
+    """A detector's boxes are in pixels: float rounding of ONNX Runtime against torch grows
+    with them, so the check is relative beyond ±1 and absolute within."""
+    from mutualnet.errors import MutualNetError
+    from mutualnet.export import onnx_difference
+
+    logits, boxes = torch.full((2, 5), 0.5), torch.full((2, 4, 3, 3), 71.0)
+    assert onnx_difference([logits + 5e-5, boxes + 2.4e-4], [logits, boxes]) == \
+        pytest.approx(2.4e-4, rel=5e-2)
+    with pytest.raises(MutualNetError, match="in output 1 .*of its largest magnitude 71"):
+        onnx_difference([logits, boxes + 1e-2], [logits, boxes])
+    with pytest.raises(MutualNetError, match=r"by 2\.\d+e-04 in output 0 \(> 0\.0001\)"):
+        onnx_difference([logits + 2e-4, boxes], [logits, boxes])
+    with pytest.raises(MutualNetError, match="2 outputs where torch has 1"):
+        onnx_difference([logits, boxes], [logits])
+
+
 def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
     run = load_run(run_dir)
     reference = run.model.subnet(0.5, 16).eval()
@@ -316,6 +333,39 @@ def test_the_preprocessing_of_an_image_folder_export_names_every_step():
         "x / 255, then (x - mean) / std per channel"]
     assert preprocessing(cfg, Config(0.5, 224), 1)[:1] == ["decode as grayscale"]
     assert "resize 224" not in " ".join(preprocessing(cfg, Config(0.5, 224), 1))
+
+
+def test_the_preprocessing_of_coco_and_video_exports_names_every_step():
+    from mutualnet.config import load_config
+    from mutualnet.export import preprocessing
+
+    cfg = load_config("configs/detection/synthetic.yaml", [
+        "data.format=coco", "data.root=/coco", "space.resolutions=[64,32]"])
+    assert preprocessing(cfg, Config(0.5, 32), 3) == [
+        "decode as RGB", "scale = 64 / max(height, width); resize to round(height x scale) x "
+        "round(width x scale) (bilinear, align_corners=False, antialias=True; "
+        "torch.nn.functional.interpolate)",
+        "place it at the top-left of a 64 x 64 canvas of the mean colour (zeros after "
+        "normalisation)", "resize 64 x 64 to 32 x 32: bilinear, align_corners=True, no "
+        "antialiasing (torch.nn.functional.interpolate)",
+        "x / 255, then (x - mean) / std per channel"]
+    cfg = load_config("configs/video/synthetic_x3d.yaml", [
+        "data.format=video_folder", "data.root=/videos", "space.resolutions=[32,24]",
+        "space.frames=[8,4]", "data.frame_stride=2", "data.eval_clips=3",
+        "data.eval_crop_ratio=0.8"])
+    steps = preprocessing(cfg, Config(0.5, 32, 4), 3)
+    assert steps[:4] == [
+        "decode the video's n frames as RGB",
+        "take a clip of 8 frames 2 apart (span 15), 3 clips, first frames "
+        "round(i x (n - span) / 2) for i = 0..2, their softmax averaged (the table's "
+        "accuracy; one clip scores lower); past the last frame, repeat it",
+        "resize each frame's shorter side to 40 px (bilinear, align_corners=False, "
+        "antialias=True; torch.nn.functional.interpolate)", "centre-crop 32 x 32"]
+    assert steps[4].startswith("take 4 of the clip's 8 frames")
+    one = preprocessing(load_config("configs/video/synthetic_x3d.yaml", [
+        "data.format=video_folder", "data.root=/videos", "space.frames=[8,4]"]),
+        Config(0.5, None, 8), 3)
+    assert "centred: first frame (n - span) // 2" in one[1]
 
 
 def test_export_at_a_resolution_never_trained_warns(run_dir, tmp_path):

@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set optim.lr=0.05 train.epochs=3 "
+                   "(repeatable)")
     p.set_defaults(func=_cmd_train)
 
     def grid_options(p: argparse.ArgumentParser) -> None:
@@ -284,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "trained range every --width-step)")
         p.add_argument("--resolutions", type=_parse_ints, help="default: the trained list")
         p.add_argument("--frames", type=_parse_ints, help="frame counts (video models)")
-        p.add_argument("--width-step", type=positive(float), default=0.05)
+        p.add_argument("--width-step", type=positive(float), default=0.05,
+                       help="spacing of the default widths: the trained range in equal steps "
+                       "as near this as it divides into, both ends kept (default 0.05)")
         p.add_argument("--batches", type=positive(int), default=16,
                        help="training batches for BN calibration")
         p.add_argument("--device", default="auto")
@@ -344,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the recipe's)")
     p.add_argument("--methods", help="comma-separated subset of mutualnet,usnet,single,"
                    "independent (default: all)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the shared recipe of every run, e.g. space.smallest_at_lowest=true")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE", help="change the shared recipe of every run, e.g. "
+                   "space.smallest_at_lowest=true (repeatable)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("make-scenes", help="write the synthetic detection/segmentation scenes "

@@ -393,7 +393,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section")
+                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section (it is "
+                                  f"{node!r} there; fix the recipe)")
         node[parts[-1]] = _parse_value(text)
     return data
 

@@ -40,7 +40,8 @@ def count_macs(
         frames = model.config.frames  # the active configuration's, as for the width
     if temporal is not None and temporal != bool(frames):
         raise ConfigError(f"{type(model).__name__} takes {'clips' if temporal else 'images'}: "
-                          f"{'give' if temporal else 'drop'} the frame count (frames=)")
+                          f"{'give' if temporal else 'drop'} the frame count (frames=, "
+                          f"--frames on the command line)")
     shape = (1, in_chans) + ((frames,) if frames else ()) + (resolution, resolution)
     param = next(model.parameters(), None)
     x = torch.zeros(shape, device=param.device if param is not None else None,

@@ -120,7 +120,8 @@ class Space:
         return configs
 
     def grid(self, width_step: float = 0.05) -> list[Config]:
-        """Widths every ``width_step`` over the range (both ends kept) × resolutions × frames."""
+        """Widths over the range in equal steps, as near ``width_step`` as the range divides
+        into (both ends kept; 0.35–1.0 by 0.25 steps by 0.2167) × resolutions × frames."""
         lo, hi = self.width_range
         n = max(0, int(round((hi - lo) / width_step)))
         widths = sorted({round(lo + i * (hi - lo) / n, 4) for i in range(n + 1)} if n else {lo, hi})

@@ -99,3 +99,15 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exit_code_130(tmp_path):
                           text=True, env=env)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "error: interrupted"
+
+
+def test_set_takes_several_pairs_at_once_and_again():
+    from mutualnet.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "r.yaml", "--set", "optim.lr=0.05", "train.epochs=3",
+                              "--set", "train.seed=1"])
+    assert (args.config, args.set) == ("r.yaml", ["optim.lr=0.05", "train.epochs=3",
+                                                  "train.seed=1"])
+    args = parser.parse_args(["reproduce", "--preset", "tiny", "--set", "a.b=1", "c.d=2"])
+    assert args.overrides == ["a.b=1", "c.d=2"]

@@ -37,3 +37,11 @@ def listed(names: list[str], most: int = 8) -> str:
     """Names for a message: all of them, or the first ``most`` and a count."""
     text = ", ".join(printable(n) for n in names[:most])
     return text if len(names) <= most else f"{text}, ... ({len(names)} in all)"
+
+
+def no_folder(path, what: str = "data folder") -> str:
+    """Why ``path``, not a directory, is no folder of ``what``, for a message."""
+    from pathlib import Path
+
+    return (f"{what} {path} is a file, not a folder" if Path(path).exists() else
+            f"{what} {path} does not exist")

@@ -225,6 +225,11 @@ def test_missing_idx_files_are_listed(tmp_path):
         build_datasets(DataConfig(format="idx", root=str(tmp_path)), 5)
     with pytest.raises(DataError, match="does not exist"):
         build_datasets(DataConfig(format="idx", root=str(tmp_path / "nope")), 5)
+    # a file given for the folder is named as such, for every format that takes a folder
+    for fmt in ("idx", "image_folder", "coco"):
+        with pytest.raises(DataError, match=r"train-images-idx3-ubyte is a file, not a folder"):
+            build_datasets(DataConfig(format=fmt, root=str(tmp_path / "train-images-idx3-ubyte")),
+                           5, "segmentation" if fmt == "coco" else "classification")
 
 
 # ---------------------------------------------------------------------------------------------

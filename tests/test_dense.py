@@ -467,6 +467,11 @@ def test_boxes_detection_cannot_use_are_named_in_one_warning(coco_root, caplog):
     ({"size": [48, 64], "counts": "caf\u00e9"}, 0, "annotations[0] has an RLE segmentation"),
     ([[0, 0, 1e12, 0, 1e12, 1e12]], 0, "annotations[0] has a polygon point far outside"),
     ([[0, 0, 10, 0, 10, 10]], "yes", "annotations[0] has iscrowd 'yes'"),
+    ([[0, 0, 10, 0, 10]], 0, "annotations[0] has a polygon (segmentation[0]) of 5 "
+                             "coordinates, an odd number"),
+    ([[0, 0, 10, 0]], 0, "annotations[0] has a polygon (segmentation[0]) of fewer than 3"),
+    ([], 0, "annotations[0] has no segmentation; segmentation needs polygons or RLE"),
+    ({"counts": "x"}, 0, "annotations[0] has an RLE segmentation without a size"),
 ])
 def test_bad_masks_are_found_when_the_file_is_read(coco_root, segmentation, iscrowd, message):
     """Masks pycocotools would crash on (a segfault for huge polygon coordinates), reject

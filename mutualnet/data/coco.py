@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import DataError, listed
+from ..errors import DataError, listed, no_folder
 from .folder import to_8_bits
 from .transforms import _check_size, _Normalize, pil_to_tensor
 
@@ -124,9 +124,10 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
         segmentation = a.get("segmentation")
         _, _, height, width = images[position[a["image_id"]]]
         if need_masks:
-            if not _valid_segmentation(segmentation):
-                raise _fail(source, f"annotations[{i}] has no polygon or RLE segmentation, "
-                                    f"which segmentation needs")
+            fault = _segmentation_fault(segmentation)
+            if fault:
+                raise _fail(source, f"annotations[{i}] has {fault}; segmentation needs "
+                                    f"polygons or RLE")
             problem = _mask_problem(segmentation, height, width)
             if problem:
                 raise _fail(source, f"annotations[{i}] has {problem}")
@@ -143,12 +144,25 @@ def parse_coco(data: Any, source: str, need_masks: bool = False) -> CocoIndex:
     return CocoIndex(source, categories, images, annotations)
 
 
-def _valid_segmentation(seg: Any) -> bool:
+def _segmentation_fault(seg: Any) -> str | None:
+    """What makes ``seg`` no polygon list or RLE, for a message, or None."""
+    if seg is None or seg == [] or seg == {}:
+        return "no segmentation"
     if isinstance(seg, list):
-        return bool(seg) and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                                 and all(map(_number, p)) for p in seg)
-    return isinstance(seg, dict) and isinstance(seg.get("size"), list) \
-        and isinstance(seg.get("counts"), (list, str))
+        for j, p in enumerate(seg):
+            if not (isinstance(p, list) and all(map(_number, p))):
+                return f"a polygon (segmentation[{j}]) that is not a list of numbers"
+            if len(p) % 2:
+                return (f"a polygon (segmentation[{j}]) of {len(p)} coordinates, an odd "
+                        f"number: x, y pairs are needed")
+            if len(p) < 6:
+                return f"a polygon (segmentation[{j}]) of fewer than 3 points"
+        return None
+    if isinstance(seg, dict):
+        if isinstance(seg.get("size"), list) and isinstance(seg.get("counts"), (list, str)):
+            return None
+        return "an RLE segmentation without a size list and counts"
+    return f"a segmentation that is a {type(seg).__name__}, neither polygons nor RLE"
 
 
 #: polygon points at most this many image sizes outside the image (pycocotools' rasteriser
@@ -201,7 +215,7 @@ def find_split(root: Path, split: str) -> tuple[Path, Path]:
     layout = (f"point --data (data.root) at a folder holding annotations/instances_{split}*.json "
               f"and the images in {split}*/")
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; {layout}")
+        raise DataError(f"{no_folder(root)}; {layout}")
     found = sorted((root / "annotations").glob(f"instances_{split}*.json"))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"

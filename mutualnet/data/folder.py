@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError, listed, printable
+from ..errors import DataError, listed, no_folder, printable
 
 __all__ = ["ImageFolderDataset", "check_image", "list_classes", "load_image"]
 
@@ -93,9 +93,11 @@ def _class_folders(split_dir: Path, kind: str) -> dict[str, str]:
     name, so one copied through a system that stores names decomposed (macOS) is the same
     class, in the same place of the order."""
     if not split_dir.is_dir():
-        raise DataError(f"{kind[:-1]} folder {split_dir} does not "
-                        f"exist; point --data (data.root) at a folder holding "
-                        f"train/<class>/<{kind}> and val/<class>/<{kind}>")
+        root = split_dir.parent
+        where = no_folder(root) if root.is_file() else no_folder(split_dir, f"{kind[:-1]} folder")
+        raise DataError(f"{where}; point --data "
+                        f"(data.root) at a folder holding train/<class>/<{kind}> and "
+                        f"val/<class>/<{kind}>")
     folders: dict[str, str] = {}
     for name in sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name)):
         other = folders.setdefault(unicodedata.normalize("NFC", name), name)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, no_folder
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -163,7 +163,7 @@ def find_idx_files(root: str | os.PathLike, *, hint: str = "") -> dict[str, Path
     """The four IDX files in ``root`` (each plain or ``.gz``), keyed like :data:`IDX_FILES`."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; point --data (data.root) at a "
+        raise DataError(f"{no_folder(root)}; point --data (data.root) at a "
                         f"folder holding {_FILE_LIST}{hint}")
     found = {part: _find(root, name) for part, name in IDX_FILES.items()}
     missing = [IDX_FILES[part] for part, path in found.items() if path is None]

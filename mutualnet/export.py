@@ -63,11 +63,10 @@ def onnx_difference(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
         diff = float((g - w).abs().max()) if w.numel() else 0.0
         scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
         if not diff <= ONNX_TOLERANCE * scale:
+            bound = (f"{ONNX_TOLERANCE * scale:.2e}, {ONNX_TOLERANCE} of its largest magnitude "
+                     f"{scale:.3g}" if scale > 1 else f"{ONNX_TOLERANCE}")
             raise MutualNetError(f"ONNX export differs from torch by {diff:.2e} in output {i} "
-                                 f"(> {ONNX_TOLERANCE * scale:.2e}, {ONNX_TOLERANCE} of its "
-                                 f"largest magnitude {scale:.3g})" if scale > 1 else
-                                 f"ONNX export differs from torch by {diff:.2e} in output {i} "
-                                 f"(> {ONNX_TOLERANCE})")
+                                 f"(> {bound})")
         worst = max(worst, diff)
     return worst
 

@@ -186,14 +186,14 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         checkpoint = _continued(path, meta)
     elif (path / CHECKPOINT).is_file():
         checkpoint = load_checkpoint(path / CHECKPOINT)
-    if checkpoint is not None:
+    else:
+        raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
+                              f"train it first")
+    if checkpoint is not None:  # training has not finished: its latest weights
         source = path / CHECKPOINT
         state, meta = checkpoint["model"], checkpoint.get("meta") or {}
         if isinstance(meta, dict):  # kept with the weights that commands write back
             meta = {**meta, "unfinished_step": checkpoint.get("step")}
-    elif not (path / WEIGHTS).is_file():
-        raise CheckpointError(f"{path} holds no weights ({WEIGHTS} or {CHECKPOINT}); "
-                              f"train it first")
     _check_meta(meta, source, config)
     if "unfinished_step" in meta:
         log.warning("%s has not finished training: its weights are those of step %s; "

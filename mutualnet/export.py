@@ -112,15 +112,17 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
                 bn_folded=fold_bn and fmt != "safetensors")
     described = {**info, "task": run.meta.get("task", "classification"),
                  "class_names": run.meta.get("class_names"),
+                 **({"category_ids": run.meta["category_ids"]} if "category_ids" in run.meta
+                    else {}),
                  "input": "float images, (x / 255 - mean) / std per channel, resized to "
                           "resolution x resolution (the steps: preprocess)"}
     described.pop("file")
     if fmt == "safetensors":
         from safetensors.torch import save
 
-        meta = {**{k: run.meta[k] for k in ("model", "options", "num_classes", "in_chans",
-                                               "mean", "std", "class_names", "task", "head")
-                   if k in run.meta},
+        kept = ("model", "options", "num_classes", "in_chans", "mean", "std", "class_names",
+                "category_ids", "task", "head")
+        meta = {**{k: run.meta[k] for k in kept if k in run.meta},
                 "width": config.width, "resolution": config.resolution, "frames": config.frames,
                 "preprocess": info["preprocess"]}
         tensors = {k: v.contiguous() for k, v in static.state_dict().items()}
@@ -241,18 +243,34 @@ def _check_writable(out: Path, fmt: str) -> None:
 
 
 def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild a static network from a safetensors export (no code is loaded)."""
+    """Rebuild a static network from a safetensors export (no code is loaded).
+
+    The module's ``export_meta`` holds what the export recorded: model, width, resolution
+    (frames), mean, std, class names and the preprocessing steps."""
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give the .safetensors file that `mutualnet "
+                          f"export --format safetensors` wrote (a run directory loads with "
+                          f"AdaptiveModel.load)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["mutualnet_static"])
+            stored = f.metadata() or {}
+            if "mutualnet_static" not in stored:
+                raise ConfigError(f"{path} is a safetensors file but not a mutualnet export "
+                                  f"(a run's own weights load with AdaptiveModel.load on its "
+                                  f"directory)")
+            meta = json.loads(stored["mutualnet_static"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist") from None
+    except ConfigError:
+        raise
     except Exception:
-        raise ConfigError(f"{path} is not a mutualnet safetensors export") from None
+        raise ConfigError(f"{path} cannot be read as a safetensors export: it is damaged or "
+                          f"of another format (TorchScript exports load with torch.jit.load, "
+                          f"ONNX ones with onnxruntime)") from None
     try:
         width = meta["width"]
         model = build_task_model(meta.get("task", "classification"), meta["model"],
@@ -261,6 +279,7 @@ def load_exported(path: str | Path) -> nn.Module:
                                  head=meta.get("head"))
         static = model.subnet(width).eval()
         static.load_state_dict(tensors)
+        static.export_meta = meta
     except (KeyError, TypeError, ValueError, RuntimeError, MutualNetError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise ConfigError(f"{path} is a damaged mutualnet export ({type(exc).__name__}"

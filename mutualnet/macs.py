@@ -26,7 +26,8 @@ def count_macs(
     MACs are multiply-accumulates of convolution and linear layers (the unit papers call
     FLOPs): the counter's FLOPs halved. ``width`` (``frames``) evaluates another width (frame
     count) of a slimmable model without changing its active configuration. A plain module is
-    counted as it is.
+    counted as it is: its input channels are those of its first convolution unless
+    ``in_chans=`` says otherwise, and a clip network needs ``frames=``.
     """
     resolution = whole("resolution", resolution, "a positive whole number of pixels")
     if resolution is None:
@@ -34,7 +35,12 @@ def count_macs(
     if in_chans is None:
         in_chans = getattr(model, "in_chans", None)
         if in_chans is None:
-            raise ConfigError("in_chans is needed to count a model that does not declare it")
+            first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)),
+                         None)
+            if first is None:
+                raise ConfigError("in_chans= is needed to count a model that has no "
+                                  "convolution and does not declare it")
+            in_chans = first.in_channels
     temporal = getattr(model, "temporal", None)
     if temporal and frames is None and isinstance(model, SlimmableModel):
         frames = model.config.frames  # the active configuration's, as for the width

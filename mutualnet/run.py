@@ -98,8 +98,6 @@ class Run:
 
     def check_config(self, config: Config) -> Config:
         """Validate a configuration against what the model can run."""
-        if isinstance(config.width, (bool, str)):  # float() would take True and "0.5"
-            raise ConfigError(f"width must be a number, got {config.width!r}")
         width = self.model.check_width(config.width)
         trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
         if config.resolution is None:

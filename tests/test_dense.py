@@ -611,8 +611,13 @@ def test_torchscript_and_safetensors_exports_of_a_segmenter_match_the_subnet(den
         want = run.model(x)
         torch.testing.assert_close(torch.jit.load(tmp_path / "seg.pt")(x), want, atol=1e-4,
                                    rtol=1e-4)
-        torch.testing.assert_close(load_exported(tmp_path / "seg.safetensors")(x), want,
-                                   atol=1e-5, rtol=1e-5)
+        loaded = load_exported(tmp_path / "seg.safetensors")
+        torch.testing.assert_close(loaded(x), want, atol=1e-5, rtol=1e-5)
+    # class 0 is the background; the others are the categories in id order
+    assert loaded.export_meta["category_ids"] == [None, 3, 7]
+    extra = {"mutualnet.json": ""}
+    torch.jit.load(tmp_path / "seg.pt", _extra_files=extra)
+    assert json.loads(extra["mutualnet.json"])["category_ids"] == [None, 3, 7]
 
 
 def test_adaptive_model_and_latency_work_for_a_segmenter(dense_runs):

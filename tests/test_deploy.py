@@ -313,10 +313,23 @@ def test_torchscript_and_safetensors_exports_reload(run_dir, tmp_path):
         loaded = torch.jit.load(str(out)) if fmt == "torchscript" else mutualnet.load_exported(out)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)
+    meta = mutualnet.load_exported(tmp_path / "m.safetensors").export_meta
+    assert (meta["width"], meta["resolution"], meta["mean"]) == (0.5, 16, run.meta["mean"])
     extra = {"mutualnet.json": ""}
     torch.jit.load(str(tmp_path / "m.torchscript"), _extra_files=extra)
     stored = json.loads(extra["mutualnet.json"])
     assert stored["mean"] == run.meta["mean"] and stored["input_shape"] == ["batch", 3, 16, 16]
+
+
+def test_load_exported_says_what_it_was_given_instead(run_dir, tmp_path):
+    (tmp_path / "m.torchscript").write_bytes(b"PK\x03\x04" + bytes(100))
+    for given, message in ((run_dir, "is a folder: give the .safetensors file"),
+                           (run_dir / "model.safetensors",
+                            "is a safetensors file but not a mutualnet export"),
+                           (tmp_path / "m.torchscript", "cannot be read as a safetensors "
+                                                        "export: it is damaged or of another")):
+        with pytest.raises(ConfigError, match=message):
+            mutualnet.load_exported(given)
 
 
 def test_the_preprocessing_of_an_image_folder_export_names_every_step():

@@ -189,6 +189,9 @@ def test_a_failed_set_config_keeps_the_previous_configuration():
 @pytest.mark.parametrize("args, message", [
     (("abc",), r"width must be a number, got 'abc'"),
     (([0.5],), r"width must be a number, got \[0.5\]"),
+    (("0.5",), r"width must be a number, got '0.5'"),
+    ((True,), r"width must be a number, got True"),
+    ((torch.tensor(0.5),), r"width must be a number, got tensor\(0.5000\)"),
     ((0.5, 24.7), r"resolution must be a positive whole number of pixels, got 24.7"),
     ((0.5, -3), r"resolution must be a positive whole number of pixels, got -3"),
     ((0.5, 24, 4), r"this model takes images, not clips: drop the frame count \(4\)"),

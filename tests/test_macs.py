@@ -5,6 +5,7 @@ import json
 import pytest
 
 from mutualnet import count_macs, create_model
+from mutualnet.errors import ConfigError
 from mutualnet.nn import SlimBatchNorm2d
 
 # (model, width, resolution, published MMACs, published params in millions or None)
@@ -50,6 +51,16 @@ def test_static_subnet_counts_the_same_as_the_slimmable_model(imagenet_models):
     slim = count_macs(model, 160, width=0.6)
     static = count_macs(model.subnet(0.6), 160, in_chans=3)
     assert slim == static
+    assert count_macs(model.subnet(0.6), 160) == static  # channels of its first convolution
+
+
+def test_a_plain_module_without_convolution_needs_in_chans():
+    import torch
+
+    with pytest.raises(ConfigError, match="in_chans= is needed"):
+        count_macs(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)), 4)
+    assert count_macs(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)), 4,
+                      in_chans=3) == (96, 98)
 
 
 def test_resnet50_channels_follow_the_official_rounding(official_fixtures):

@@ -1,6 +1,6 @@
 import pytest
 
-from mutualnet import ConfigError, UnknownModelError, create_model
+from mutualnet import ConfigError, UnknownModelError, create_model, list_models, register_model
 
 
 def test_unknown_model_names_the_available_ones():
@@ -17,3 +17,11 @@ def test_unknown_option_is_rejected_with_the_valid_ones():
 def test_invalid_width_range_is_rejected(width_range):
     with pytest.raises(ConfigError, match="width_range"):
         create_model("mobilenet_v1", width_range=width_range)
+
+
+@pytest.mark.parametrize("bad", [5, "mobilenet_v2", None])
+def test_register_model_refuses_what_is_not_a_factory(bad):
+    before = list_models()
+    with pytest.raises(TypeError, match="register_model takes a function or class"):
+        register_model(bad)
+    assert list_models() == before

@@ -56,6 +56,8 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     source: str = ""  # where the data came from, for people
+    #: COCO data: the category id of each class index (None for a segmenter's background)
+    category_ids: list[int | None] | None = None
 
     def check_classes(self, meta: Any) -> None:
         """Refuse data whose classes are not the ``class_names`` of a run's ``meta`` (as saved
@@ -201,12 +203,13 @@ def _dense_datasets(cfg: DataConfig, image_size: int, task: str
         raise DataError(f"{train.index.source} and {val.index.source} list different "
                         f"categories; both splits need the same ones")
     names = train.index.class_names
+    ids: list[int | None] = [c for c, _ in train.index.categories]
     if masks:
-        names = ["background", *names]
+        names, ids = ["background", *names], [None, *ids]
     source = (f"synthetic scenes of Fashion-MNIST items ({image_size} px, seed "
               f"{_SYNTHETIC_SEED})" if cfg.format == "scenes"
               else f"COCO-style {task} data from {cfg.root}")
-    return train, val, DataInfo(len(names), 3, names, mean, std, source)
+    return train, val, DataInfo(len(names), 3, names, mean, std, source, ids)
 
 
 def build_datasets(cfg: DataConfig, image_size: int, task: str = "classification",

@@ -17,7 +17,10 @@ _REGISTRY: dict[str, Callable[..., SlimmableModel]] = {}
 
 
 def register_model(fn: Callable[..., SlimmableModel]) -> Callable[..., SlimmableModel]:
-    """Register a factory under its function name."""
+    """Register a factory under its function name (use it as a decorator)."""
+    if not callable(fn) or not isinstance(getattr(fn, "__name__", None), str):
+        raise TypeError(f"register_model takes a function or class that builds the model "
+                        f"(it registers it under its __name__), got {fn!r}")
     if fn.__name__ in _REGISTRY:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
     _REGISTRY[fn.__name__] = fn

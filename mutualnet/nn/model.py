@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -69,10 +70,10 @@ class SlimmableModel(nn.Module):
 
     def check_width(self, width: float) -> float:
         lo, hi = self.width_range
-        try:
-            width = float(width)
-        except (TypeError, ValueError):
-            raise ConfigError(f"width must be a number, got {width!r}") from None
+        # float() would also take True, "0.5" and one-element tensors
+        if isinstance(width, bool) or not isinstance(width, numbers.Real):
+            raise ConfigError(f"width must be a number, got {width!r}")
+        width = float(width)
         if not (lo - _TOLERANCE <= width <= hi + _TOLERANCE):
             raise ConfigError(
                 f"width {width:g} is outside the trained range [{lo:g}, {hi:g}]; "

@@ -271,6 +271,7 @@ def _loader(dataset: Dataset, sampler, batch_size: int, cfg: RunConfig, device) 
 
 
 def run_metadata(cfg: RunConfig, info, space: Space) -> dict[str, Any]:
+    extra = {"category_ids": info.category_ids} if info.category_ids is not None else {}
     return {
         "version": __version__,
         "model": cfg.model.name,
@@ -286,6 +287,7 @@ def run_metadata(cfg: RunConfig, info, space: Space) -> dict[str, Any]:
         "mean": list(info.mean),
         "std": list(info.std),
         "mode": cfg.train.mode,
+        **extra,
     }
 
 

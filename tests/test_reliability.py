@@ -1214,6 +1214,27 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, run_copy, layout,
     assert not marker.exists()
 
 
+def test_a_checkpoint_whose_pickle_does_not_decode_says_so_not_a_bare_key(tmp_path):
+    import io
+    import zipfile
+
+    from mutualnet.errors import CheckpointError
+    from mutualnet.train.checkpoint import torch_load
+
+    saved = io.BytesIO()
+    torch.save({"a": torch.zeros(2)}, saved)
+    damaged = io.BytesIO()
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(damaged, "w") as target:
+        for name in source.namelist():  # data.pkl fetches memo entry 246, which was never put
+            target.writestr(name, b"\x80\x02h\xf6." if name.endswith("data.pkl")
+                            else source.read(name))
+    (tmp_path / "c.pt").write_bytes(damaged.getvalue())
+    with pytest.raises(CheckpointError, match=r"c.pt is corrupt or truncated \(its pickled data "
+                                              r"does not decode\); restore the file") as err:
+        torch_load(tmp_path / "c.pt")
+    assert "246" not in str(err.value)
+
+
 def test_an_official_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "MARKER"
     evil = tmp_path / "official.pt"

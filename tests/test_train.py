@@ -288,6 +288,21 @@ def test_a_data_error_in_one_process_is_one_line_in_every_process(tmp_path):
     assert "closed by peer" not in proc.stderr and "mutualnet/cli.py" not in proc.stderr
 
 
+def test_a_resume_with_another_process_count_warns_that_it_is_not_exact(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny("train.max_steps=2", "train.validate=false"), run)
+    assert load_checkpoint(run / "checkpoint.pt")["processes"] == 1
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        train(tiny("train.max_steps=3", "train.validate=false"), run, resume=True)
+    assert "trained with" not in caplog.text  # the same count: nothing to say
+    state = load_checkpoint(run / "checkpoint.pt")
+    torch.save({**state, "processes": 2}, run / "checkpoint.pt")  # as a two-process run saves it
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        train(tiny("train.max_steps=4", "train.validate=false"), run, resume=True)
+    assert f"{run} was trained with 2 process(es) and goes on with 1: each process " \
+           f"normalises its own share of the batch" in caplog.text
+
+
 def test_validation_split_over_two_processes_equals_one_process(tmp_path):
     """Each process evaluates every other validation image and the counts are summed: the
     logged top-1 of a two-process run equals one process validating the same final weights."""

@@ -240,6 +240,19 @@ def test_unreadable_videos_are_skipped_when_asked(tmp_path):
         [data[i] for i in range(len(data))]
 
 
+def test_a_file_without_a_video_stream_is_named_as_such(tmp_path):
+    import wave
+
+    from mutualnet.data.video import load_video
+
+    with wave.open(str(tmp_path / "sound.mp4"), "wb") as audio:  # the contents decide, not the name
+        audio.setnchannels(1), audio.setsampwidth(2), audio.setframerate(8000)
+        audio.writeframes(b"\x00\x00" * 800)
+    with pytest.raises(DataError, match=r"sound.mp4 holds no video stream \(it is not a video, "
+                                        r"or it was cut short\)"):
+        load_video(tmp_path / "sound.mp4", lambda n: [[0]])
+
+
 def _damage_middle_packet(path: Path) -> None:
     """Overwrite the start of the middle packet (in MP4, the length of its first NAL unit): the
     file opens and its first frames decode, the decoder refuses the rest."""

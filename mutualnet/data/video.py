@@ -186,7 +186,8 @@ def _read_clips(path: str | os.PathLike, choose: Callable[[int], list[list[int]]
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise DataError(f"{path} holds no video stream; {_FIX}")
+            raise DataError(f"{path} holds no video stream (it is not a video, or it was cut "
+                            f"short); {_FIX}")
         stated = container.streams.video[0].frames
         if stated > 0:
             clips = choose(stated)
@@ -232,7 +233,7 @@ def check_video(path: str) -> str | None:
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                return "no video stream"
+                return "no video stream (not a video, or cut short)"
             next(container.decode(container.streams.video[0]))
     except StopIteration:
         return "no frames"

@@ -226,6 +226,8 @@ def _keep_previous(final: Path, previous: Path) -> None:
 
 def _reason(exc: BaseException) -> str:
     """The informative part of a loader's error, short and on one line."""
+    if isinstance(exc, LookupError):  # a damaged pickle stream: "KeyError: 246" says nothing
+        return "its pickled data does not decode"
     lines = [line.strip() for line in str(exc).splitlines()
              if line.strip() and not line.strip().startswith("Check the documentation")]
     text = lines[-1].split(". ")[0][:120] if lines else ""

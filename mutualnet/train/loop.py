@@ -357,6 +357,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                                 f"but {run_dir} was trained on {trained_on}: other data would "
                                 f"change the length and order of every epoch; point --data at "
                                 f"the run's data, or train a new run")
+            processes = state.get("processes")
+            if processes is not None and processes != dist.world_size:
+                log.warning("%s was trained with %d process(es) and goes on with %d: each "
+                            "process normalises its own share of the batch, so the weights "
+                            "will not be exactly those of a run that kept %d", run_dir,
+                            processes, dist.world_size, processes)
             load_model_state(model, state["model"], f"the weights in the checkpoint of {run_dir}")
             try:
                 optimizer.load_state_dict(state["optimizer"])
@@ -410,7 +416,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": _rng_state(), "step": step, "epoch": step // steps_per_epoch,
-                    "train_items": len(train_ds),
+                    "train_items": len(train_ds), "processes": dist.world_size,
                     "meta": meta,
                 })
             dist.barrier()

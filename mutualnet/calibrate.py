@@ -9,12 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .evaluate import channels_last_format
 from .nn.extract import inference_network, inplace_activations
 from .nn.layers import _SlimBatchNormNd
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
-from .space import Config, to_config
+from .space import Config, channels_last_format, to_config
 from .space import channels_last as layout
 from .train.checkpoint import writes_run
 

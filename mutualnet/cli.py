@@ -85,9 +85,15 @@ def _cmd_macs(args: argparse.Namespace) -> int:
     from .macs import count_macs
     from .models import create_model
 
-    for flag, values in (("--widths", args.widths), ("--frames", args.frames or [1])):
+    from .config import MIN_RESOLUTION
+
+    for flag, values in (("--widths", args.widths), ("--frames", args.frames or [1]),
+                         ("--num-classes", [args.num_classes]), ("--in-chans", [args.in_chans])):
         if min(values) <= 0:
             raise ConfigError(f"{flag} must be positive, got {min(values):g}")
+    if min(args.resolutions) < MIN_RESOLUTION:
+        raise ConfigError(f"--resolutions must be at least {MIN_RESOLUTION} pixels, got "
+                          f"{min(args.resolutions)}")
     with torch.device("meta"):  # shapes only: counting a large 3D network costs no compute
         model = create_model(
             args.model, num_classes=args.num_classes, in_chans=args.in_chans,

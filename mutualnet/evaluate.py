@@ -9,11 +9,10 @@ import torch
 from torch import Tensor
 
 from .data.base import evaluation_loader, to_device
-from .errors import ConfigError
 from .nn.extract import inference_network
 from .nn.model import SlimmableModel
 from .parallel import ConfigPool
-from .space import Config, to_config
+from .space import Config, channels_last_format, to_config
 from .space import channels_last as layout
 from .train.checkpoint import writes_run
 
@@ -103,11 +102,6 @@ def static_network(model: SlimmableModel, config: Config,
     return inference_network(static, channels_last_format(model) if channels_last else None)
 
 
-def channels_last_format(model: SlimmableModel) -> torch.memory_format:
-    """The channels-last format of the model's inputs (images or clips)."""
-    return layout(5 if getattr(model, "temporal", False) else 4)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -153,9 +147,7 @@ def evaluate_run(
     from .tasks import build_task
 
     configs = list(dict.fromkeys(run.check_config(c) for c in configs))
-    if run.meta.get("needs_calibration"):
-        raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
-                          f"run `mutualnet calibrate {run.path}` first")
+    run.check_trusted()
     calibrated = run.calibrated_keys()  # one pass over the BN layers, not one per config
     missing = [c for c in configs if c.key not in calibrated]
     networks: dict[str, torch.nn.Module] = {}

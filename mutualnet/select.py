@@ -146,7 +146,7 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
             + (["latency ms (batch 1)"] if has_latency else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(pareto_front(rows, "mmacs", metric), key=lambda r: -r["mmacs"]):
-        cells = ([f"{row['mmacs']:.2f}", _label(row)] + ([str(row["frames"])] if has_frames
+        cells = ([f"{row['mmacs']:.3f}", _label(row)] + ([str(row["frames"])] if has_frames
                                                           else []) + [f"{row[metric]:.2f}"])
         if has_latency:
             cells.append(f"{row['latency_ms']:.3f}" if "latency_ms" in row else "–")
@@ -161,7 +161,7 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         for row in sorted(pareto_front(timed, "latency_ms", metric),
                           key=lambda r: -r["latency_ms"]):
             lines.append(f"| {row['latency_ms']:.3f} | {_label(row)} | {row[metric]:.2f} | "
-                         f"{row['mmacs']:.2f} |")
+                         f"{row['mmacs']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import random
 from dataclasses import dataclass
@@ -123,7 +124,10 @@ class Space:
         """Widths over the range in equal steps, as near ``width_step`` as the range divides
         into (both ends kept; 0.35–1.0 by 0.25 steps by 0.2167) × resolutions × frames."""
         lo, hi = self.width_range
-        n = max(0, int(round((hi - lo) / width_step)))
+        steps = (hi - lo) / width_step
+        # the whole number of steps whose size is nearest width_step (the finer on a tie)
+        n = min({max(1, math.floor(steps)), max(1, math.ceil(steps))},
+                key=lambda k: (abs((hi - lo) / k - width_step), -k)) if hi > lo else 0
         widths = sorted({round(lo + i * (hi - lo) / n, 4) for i in range(n + 1)} if n else {lo, hi})
         frames: tuple[int | None, ...] = self.frames or (None,)
         return [Config(w, r, t) for w in widths for r in sorted(self.resolutions) for t in frames]
@@ -132,6 +136,11 @@ class Space:
 def channels_last(dims: int) -> torch.memory_format:
     """The channels-last layout of a tensor with ``dims`` dimensions (images 4, clips 5)."""
     return torch.channels_last_3d if dims == 5 else torch.channels_last
+
+
+def channels_last_format(model: torch.nn.Module) -> torch.memory_format:
+    """The channels-last format of a model's inputs (images, or clips when it is temporal)."""
+    return channels_last(5 if getattr(model, "temporal", False) else 4)
 
 
 def to_config(images: Tensor, config: Config, antialias: bool = False) -> Tensor:

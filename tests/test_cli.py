@@ -43,7 +43,12 @@ def test_macs_names_the_flag_of_a_value_that_cannot_be(capsys):
                          (["resnet18", "--widths", "0,1"], "--widths must be positive, got 0"),
                          (["resnet18", "--widths", "inf"], "expected comma-separated finite "
                                                            "numbers, got 'inf'"),
-                         (["resnet18", "--widths", "0.5,nan"], "got '0.5,nan'")):
+                         (["resnet18", "--widths", "0.5,nan"], "got '0.5,nan'"),
+                         (["resnet18", "--num-classes", "0"], "--num-classes must be positive, "
+                                                              "got 0"),
+                         (["resnet18", "--in-chans", "-1"], "--in-chans must be positive, got -1"),
+                         (["resnet18", "--resolutions", "4,32"], "--resolutions must be at least "
+                                                                 "8 pixels, got 4")):
         assert main(["macs", *args]) == 2
         assert needle in capsys.readouterr().err
 
@@ -88,6 +93,29 @@ def test_help_and_the_package_import_do_not_wait_for_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "SlimmableModel"]
+
+
+def test_every_module_imports_first_in_a_fresh_package():
+    """No import cycle is hidden by another module having been imported before: each module is
+    imported with no mutualnet module loaded (torch stays loaded, to keep this quick)."""
+    code = """
+import importlib, pkgutil, sys, traceback
+import mutualnet
+names = [m.name for m in pkgutil.walk_packages(mutualnet.__path__, "mutualnet.")
+         if m.name != "mutualnet.__main__"]
+for name in names:
+    for loaded in [n for n in sys.modules if n == "mutualnet" or n.startswith("mutualnet.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        print(f"{name}: {type(exc).__name__}: {exc}")
+print(len(names), "modules")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    *failures, count = proc.stdout.strip().splitlines()
+    assert failures == [] and int(count.split()[0]) > 30
 
 
 def test_ctrl_c_while_torch_loads_is_one_line_and_exit_code_130(tmp_path):

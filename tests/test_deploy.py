@@ -15,7 +15,7 @@ from mutualnet.calibrate import calibrate, calibration_batches
 from mutualnet.errors import ConfigError
 from mutualnet.export import fold_batchnorm
 from mutualnet.run import load_run
-from mutualnet.select import pareto_front, read_grid, select
+from mutualnet.select import _label, pareto_front, read_grid, select
 from mutualnet.space import Config, to_config
 from mutualnet.train import train
 
@@ -625,10 +625,23 @@ def test_configurations_evaluated_without_latency_leave_the_others_selectable(tm
            "(0.42-28)" in caplog.text
     assert select(read_grid(tmp_path), max_mmacs=1.0)["width"] == 0.42
     table = (tmp_path / "query_table.md").read_text()
-    assert "| 0.90 | 0.42-28 | 99.00 | – |" in table
+    assert "| 0.900 | 0.42-28 | 99.00 | – |" in table
     latency = table.split("## By measured latency")[1]
     assert "The 1 configuration evaluated without `--latency` is not in it." in latency
     assert "0.42-28" not in latency.split("|---|", 1)[1] and "| 1.500 | 1.0-28 |" in latency
+
+
+def test_a_budget_copied_from_the_query_table_selects_its_row(tmp_path):
+    from mutualnet.select import read_grid, update_results
+
+    update_results(tmp_path, [{"width": 0.75, "resolution": 20, "mmacs": 1.912, "top1": 99.0},
+                              {"width": 1.0, "resolution": 12, "mmacs": 1.905, "top1": 94.0}])
+    rows = [line.split(" | ") for line in (tmp_path / "query_table.md").read_text().splitlines()
+            if line.startswith("| 1.9")]
+    assert [cells[1] for cells in rows] == ["0.75-20", "1.0-12"]
+    for cells in rows:
+        budget = float(cells[0].strip("| "))
+        assert _label(select(read_grid(tmp_path), max_mmacs=budget)) == cells[1]
 
 
 def test_rows_measured_on_other_data_are_kept_with_a_warning(tmp_path, caplog):

@@ -64,6 +64,18 @@ def test_grid_spans_the_range_with_both_ends():
     assert len(grid) == 28
 
 
+@pytest.mark.parametrize("width_range, step, count", [
+    ((0.25, 1.0), 0.3, 4),     # steps of 0.25 (0.05 off), not 0.375 (0.075 off)
+    ((0.35, 1.0), 0.25, 4),    # 0.2167 (0.033 off), not 0.325
+    ((0.25, 1.0), 0.25, 4),    # divides exactly
+    ((0.25, 1.0), 5.0, 2),     # a step past the range: both ends
+    ((0.5, 0.5), 0.1, 1),
+])
+def test_grid_takes_the_equal_step_nearest_the_one_asked_for(width_range, step, count):
+    widths = sorted({c.width for c in Space(width_range, (16,)).grid(step)})
+    assert len(widths) == count and widths[0] == width_range[0] and widths[-1] == width_range[1]
+
+
 def test_resize_is_bilinear_on_the_batch():
     x = torch.rand(2, 3, 32, 32)
     y = to_config(x, Config(0.5, 16))

@@ -84,9 +84,7 @@ def export_run(run, config: Config, fmt: str, out: str | Path, fold_bn: bool = T
         raise ConfigError(f"cannot write {out}: {out.name} is a file of the run {run.path}; "
                           f"choose another -o")
     _check_writable(out, fmt)
-    if run.meta.get("needs_calibration"):
-        raise ConfigError(f"{run.path} holds weights whose BN statistics are not trusted; "
-                          f"run `mutualnet calibrate {run.path}` first")
+    run.check_trusted()
     _warn_untrained(run, config)
     if not run.is_calibrated(config):
         with run_lock(run.path, "export"):  # refused before it says it calibrates

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import statistics
@@ -161,11 +162,12 @@ def _best_within(rows: list[dict], budget: float) -> dict | None:
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation, rounded; None when no value (e.g. no US-Nets
-    configuration is cheap enough for a budget)."""
+    configuration is cheap enough for a budget), the standard deviation None for one value."""
     if not values:
         return None, None
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return round(statistics.fmean(values), 3), round(std, 3)
+    if len(values) == 1:  # the spread of one value is not 0, it is unknown
+        return round(values[0], 3), None
+    return round(statistics.fmean(values), 3), round(statistics.stdev(values), 3)
 
 
 def reproduce(
@@ -275,18 +277,17 @@ def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dic
     alone = ("single" if "single" in methods else
              "independent" if "independent" in methods else None)
     single = None
-    if alone is not None and "mutualnet" in methods:
-        gains, single_acc, mutual_full = [], [], []
-        for seed in range(seeds):
-            entry = (by_seed[seed]["single"] if alone == "single"
-                     else by_seed[seed]["independent"][full])
-            mutual = next(r["top1"] for r in by_seed[seed]["mutualnet"]["rows"]
-                          if r["width"] == full[0] and r["resolution"] == full[1])
-            single_acc.append(entry["rows"][0]["top1"])
-            mutual_full.append(mutual)
-            gains.append(mutual - single_acc[-1])
-        single = {"full_config": Config(*full).name, "single_top1": _ms(single_acc),
-                  "mutualnet_full_top1": _ms(mutual_full), "gain": _ms(gains)}
+    if alone is not None:
+        single_acc = [(by_seed[seed]["single"] if alone == "single"
+                       else by_seed[seed]["independent"][full])["rows"][0]["top1"]
+                      for seed in range(seeds)]
+        single = {"full_config": Config(*full).name, "single_top1": _ms(single_acc)}
+        if "mutualnet" in methods:
+            mutual_full = [next(r["top1"] for r in by_seed[seed]["mutualnet"]["rows"]
+                                if r["width"] == full[0] and r["resolution"] == full[1])
+                           for seed in range(seeds)]
+            single.update(mutualnet_full_top1=_ms(mutual_full),
+                          gain=_ms([m - a for m, a in zip(mutual_full, single_acc)]))
     times = []
     for seed in range(seeds):
         t: dict[str, Any] = {"seed": seed}
@@ -315,7 +316,9 @@ def _ms(values: list[float]) -> dict[str, float | None]:
 
 
 def _fmt(cell: dict) -> str:
-    return "n/a" if cell["mean"] is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+    if cell["mean"] is None:
+        return "n/a"
+    return f"{cell['mean']:.2f}" + ("" if cell["std"] is None else f" ± {cell['std']:.2f}")
 
 
 _NAMES = {"independent": "independent", "usnet": "US-Nets", "mutualnet": "MutualNet",
@@ -335,27 +338,32 @@ def _markdown(report: dict) -> str:
         "",
         f"{report['description']}; {_counted(report['recipe']['train']['epochs'], 'epoch')} "
         f"per run. "
-        f"{_counted(report['seeds'], 'seed')}; top-1 (%) mean ± std over "
-        f"seeds, all methods calibrated and evaluated by the same code, each on images resized "
-        f"as it was trained: independent networks by the data pipeline (antialiased), "
+        f"{_counted(report['seeds'], 'seed')}; top-1 (%)"
+        f"{' mean ± std over seeds' if report['seeds'] > 1 else ''}, all methods calibrated "
+        f"and evaluated by the same code, each on images resized as it was trained: "
+        f"independent networks by the data pipeline (antialiased), "
         f"MutualNet's configurations on the device ({_resize_name(report)}). MutualNet and "
         f"US-Nets take their most accurate configuration within each budget (MACs of the "
         f"budget configuration).",
         "",
-        "| budget (MMACs) | budget config | " + " | ".join(_NAMES[m] for m in compared) + " |",
-        "|---|---|" + "---|" * len(compared),
     ]
-    for b in report["budgets"]:
-        lines.append(f"| {b['mmacs']:.3f} | {b['config']} | "
-                     + " | ".join(_fmt(b[m]) for m in compared) + " |")
+    if compared:
+        lines += ["| budget (MMACs) | budget config | " + " | ".join(_NAMES[m] for m in compared)
+                  + " |", "|---|---|" + "---|" * len(compared)]
+        for b in report["budgets"]:
+            lines.append(f"| {b['mmacs']:.3f} | {b['config']} | "
+                         + " | ".join(_fmt(b[m]) for m in compared) + " |")
+    else:
+        lines.append("No budget comparison: it needs mutualnet, usnet or independent among "
+                     "the methods.")
     s = report["single"]
     if s is not None:
-        lines += [
-            "",
-            f"**Single network.** Full configuration {s['full_config']}: trained alone "
-            f"{_fmt(s['single_top1'])}, as part of MutualNet {_fmt(s['mutualnet_full_top1'])}; "
-            f"gain {_fmt(s['gain'])} points.",
-        ]
+        text = (f"**Single network.** Full configuration {s['full_config']}: trained alone "
+                f"{_fmt(s['single_top1'])}")
+        if "gain" in s:
+            text += (f", as part of MutualNet {_fmt(s['mutualnet_full_top1'])}; gain "
+                     f"{_fmt(s['gain'])} points")
+        lines += ["", text + "."]
     timed = [m for m in ("mutualnet", "usnet", "single") if m in report["methods"]]
     independent = "independent" in report["methods"]
     header = [_NAMES[m] for m in timed]
@@ -390,12 +398,12 @@ def _plot(report: dict, path: Path) -> None:
         points = [(b["mmacs"], b[method]["mean"], b[method]["std"]) for b in report["budgets"]
                   if b[method]["mean"] is not None]
         ax.errorbar([p[0] for p in points], [p[1] for p in points],
-                    yerr=[p[2] for p in points], marker="o", ms=4, capsize=3,
+                    yerr=[p[2] or 0.0 for p in points], marker="o", ms=4, capsize=3,
                     label=labels[method])
     s = report["single"]
     if s is not None:
         ax.errorbar([report["budgets"][0]["mmacs"]], [s["single_top1"]["mean"]],
-                    yerr=[s["single_top1"]["std"]], marker="*", ms=10, ls="none", capsize=3,
+                    yerr=[s["single_top1"]["std"] or 0.0], marker="*", ms=10, ls="none", capsize=3,
                     color="k", label="full network trained alone")
     save_mmacs_figure(fig, ax, "top-1 (%)",
                       f"{report['preset']}: {_counted(report['seeds'], 'seed')}, mean ± std", path)
@@ -405,7 +413,30 @@ def _counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
+def _scope(report: dict) -> str:
+    return f"{'+'.join(report['methods'])}-{_counted(report['seeds'], 'seed')}"
+
+
+def _keep_other_report(out: Path, report: dict) -> None:
+    """A report of other methods or seeds already in ``out`` is renamed after what it covers
+    (e.g. ``report-mutualnet+usnet-3-seeds.md``), not replaced."""
+    try:
+        earlier = json.loads((out / "report.json").read_text())
+        scope = _scope(earlier).replace(" ", "-")
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none, or not one this command wrote: left as it is, and replaced
+    if scope == _scope(report).replace(" ", "-"):
+        return
+    for name in ("report.json", "report.md", "curves.png"):
+        if (out / name).is_file():
+            stem, suffix = name.split(".")
+            os.replace(out / name, out / f"{stem}-{scope}.{suffix}")
+    log.warning("the report already in %s covers other methods or seeds (%s): it is kept as "
+                "report-%s.md", out, _scope(earlier), scope)
+
+
 def _write_report(out: Path, report: dict) -> None:
+    _keep_other_report(out, report)
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
     atomic_write_bytes(out / "report.md", _markdown(report).encode())
     _plot(report, out / "curves.png")

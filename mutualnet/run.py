@@ -141,6 +141,16 @@ class Run:
             self._unrecorded_root = None
         return train, val
 
+    def check_trusted(self) -> None:
+        """Refuse weights whose BN statistics must be calibrated first (a converted run)."""
+        if self.meta.get("needs_calibration"):
+            recorded = self.config.data.root is not None and self._unrecorded_root is None
+            data = "" if recorded else " --data DIR"
+            raise ConfigError(f"{self.path} holds weights whose BN statistics are not trusted; "
+                              f"run `mutualnet calibrate {self.path}{data}` first"
+                              + (" (DIR: the training images, train/<class>/...; it is "
+                                 "recorded for later commands)" if data else ""))
+
     @property
     def placeholder_statistics(self) -> bool:
         """Whether the BN statistics shared by all configurations are placeholders (a converted

@@ -68,10 +68,11 @@ def test_width_range_must_fit_the_weights(official_fixtures, tmp_path):
                          tmp_path / "run", width_range=(0.25, 1.6))
 
 
-def test_a_scaled_checkpoint_converts_with_its_width_range(tmp_path):
+def _official_mobilenet_v1(path, width_range):
+    """A MobileNetV1 state dict named as the official code names it (a bare state dict)."""
     from mutualnet import create_model
 
-    model = create_model("mobilenet_v1", num_classes=10, width_range=(0.25, 1.6))
+    model = create_model("mobilenet_v1", num_classes=10, width_range=width_range)
     official = {}
     for key, value in model.state_dict().items():
         if "running" in key or "num_batches" in key:
@@ -79,7 +80,12 @@ def test_a_scaled_checkpoint_converts_with_its_width_range(tmp_path):
         official["module." + key.replace("head.2", "classifier.0")
                   .replace("depthwise.0", "body.0").replace("depthwise.1", "body.1")
                   .replace("pointwise.0", "body.3").replace("pointwise.1", "body.4")] = value
-    torch.save(official, tmp_path / "scaled.pt")  # a bare state dict
+    torch.save(official, path)
+    return model
+
+
+def test_a_scaled_checkpoint_converts_with_its_width_range(tmp_path):
+    model = _official_mobilenet_v1(tmp_path / "scaled.pt", (0.25, 1.6))
     summary = convert_official(tmp_path / "scaled.pt", "mobilenet_v1", tmp_path / "run",
                                width_range=(0.25, 1.6))
     converted = load_run(tmp_path / "run").model
@@ -105,6 +111,24 @@ def test_evaluate_refuses_until_calibrated(official_fixtures, tmp_path):
                      tmp_path / "run")
     proc = cli("evaluate", tmp_path / "run", "--widths", "1.0", "--resolutions", "224")
     assert proc.returncode == 2 and "mutualnet calibrate" in proc.stderr
+
+
+def test_a_converted_run_is_sent_to_calibrate_with_its_data(tmp_path):
+    _official_mobilenet_v1(tmp_path / "official.pt", (0.25, 1.0))
+    convert_official(tmp_path / "official.pt", "mobilenet_v1", tmp_path / "run")
+    for args in (["evaluate", tmp_path / "run", "--data", tmp_path],
+                 ["export", tmp_path / "run", "--width", "1", "--resolution", "224", "-o",
+                  tmp_path / "m.onnx", "--format", "onnx"]):
+        proc = cli(*args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+        assert f"run `mutualnet calibrate {tmp_path / 'run'} --data DIR` first (DIR: the " \
+               f"training images" in proc.stderr
+
+
+def test_a_folder_given_as_the_official_checkpoint_is_named_as_such(tmp_path):
+    proc = cli("convert-official", tmp_path, "--arch", "mobilenet_v1", "-o", tmp_path / "run")
+    assert proc.returncode == 2 and f"{tmp_path} is a folder, not a checkpoint file" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_arch_is_refused(tmp_path):

@@ -25,3 +25,13 @@ def test_register_model_refuses_what_is_not_a_factory(bad):
     with pytest.raises(TypeError, match="register_model takes a function or class"):
         register_model(bad)
     assert list_models() == before
+
+
+@pytest.mark.parametrize("value", ["false", "abc", 2, [1], None])
+def test_a_flag_option_takes_only_true_or_false(value):
+    import re
+
+    with pytest.raises(ConfigError, match=re.escape(f"model 'mobilenet_v1' option small_input "
+                                                    f"must be true or false, got {value!r}")):
+        create_model("mobilenet_v1", small_input=value)
+    create_model("mobilenet_v1", small_input=False)

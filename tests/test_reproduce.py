@@ -115,6 +115,24 @@ def test_a_subset_of_methods_with_recipe_overrides(tmp_path):
                   overrides=["space.smallest_at_lowest=true"])
 
 
+def test_the_single_network_alone_is_reported_and_another_report_is_kept(tmp_path, caplog):
+    report = reproduce("tiny", tmp_path, seeds=1, methods=("single",))
+    alone = report["single"]["single_top1"]
+    assert alone["std"] is None and set(report["single"]) == {"full_config", "single_top1"}
+    text = (tmp_path / "report.md").read_text()
+    assert "| budget" not in text and "No budget comparison" in text
+    assert f"trained alone {alone['mean']:.2f}." in text and "±" not in text
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        reproduce("tiny", tmp_path, seeds=1, methods=("mutualnet",))
+    assert "covers other methods or seeds (single-1 seed): it is kept as " \
+           "report-single-1-seed.md" in caplog.text
+    assert (tmp_path / "report-single-1-seed.md").read_text() == text
+    assert (tmp_path / "report-single-1-seed.json").is_file()
+    assert (tmp_path / "report-single-1-seed.png").is_file() is False
+    assert (tmp_path / "curves-single-1-seed.png").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["methods"] == ["mutualnet"]
+
+
 def test_unknown_methods_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown method"):
         reproduce("tiny", tmp_path, methods=("mutualnet", "ofa"))

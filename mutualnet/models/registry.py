@@ -55,6 +55,11 @@ def create_model(name: str, **kwargs) -> SlimmableModel:
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options are: {', '.join(options)}"
         )
+    parameters = inspect.signature(factory).parameters
+    for key, value in kwargs.items():  # a flag taken by truth would read "false" as true
+        if isinstance(parameters[key].default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"model {name!r} option {key} must be true or false, got "
+                              f"{value!r}; fix model.options")
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:  # a value the model refuses, e.g. dropout=2

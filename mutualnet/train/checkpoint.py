@@ -242,6 +242,8 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu",
     code is an :class:`UnsafeCheckpointError`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -82,10 +82,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_macs(args: argparse.Namespace) -> int:
     import torch
 
+    from .config import MIN_RESOLUTION
     from .macs import count_macs
     from .models import create_model
-
-    from .config import MIN_RESOLUTION
 
     for flag, values in (("--widths", args.widths), ("--frames", args.frames or [1]),
                          ("--num-classes", [args.num_classes]), ("--in-chans", [args.in_chans])):

@@ -421,18 +421,18 @@ def _keep_other_report(out: Path, report: dict) -> None:
     """A report of other methods or seeds already in ``out`` is renamed after what it covers
     (e.g. ``report-mutualnet+usnet-3-seeds.md``), not replaced."""
     try:
-        earlier = json.loads((out / "report.json").read_text())
-        scope = _scope(earlier).replace(" ", "-")
+        scope = _scope(json.loads((out / "report.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return  # none, or not one this command wrote: left as it is, and replaced
-    if scope == _scope(report).replace(" ", "-"):
+    if scope == _scope(report):
         return
+    suffix = scope.replace(" ", "-")
     for name in ("report.json", "report.md", "curves.png"):
         if (out / name).is_file():
-            stem, suffix = name.split(".")
-            os.replace(out / name, out / f"{stem}-{scope}.{suffix}")
+            stem, ext = name.split(".")
+            os.replace(out / name, out / f"{stem}-{suffix}.{ext}")
     log.warning("the report already in %s covers other methods or seeds (%s): it is kept as "
-                "report-%s.md", out, _scope(earlier), scope)
+                "report-%s.md", out, scope, suffix)
 
 
 def _write_report(out: Path, report: dict) -> None:

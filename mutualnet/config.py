@@ -37,6 +37,9 @@ MODES = ("mutualnet", "usnet", "independent", "single")
 MIN_RESOLUTION = 8
 #: seeds go to ``torch.manual_seed``, which takes 64-bit values
 _SEED_LIMIT = 2**63
+#: bounds that catch a typo before it costs a training run: the widest network (times the
+#: model's base widths), the largest input side, the random configurations per step
+MAX_WIDTH, MAX_RESOLUTION, MAX_RANDOM = 4.0, 4096, 32
 
 
 @dataclass
@@ -156,15 +159,22 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check values whose type is right but whose meaning is not."""
         lo, hi = self.space.width_range
-        if not 0 < lo <= hi:
-            raise ConfigError(f"space.width_range must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
-        if not self.space.resolutions or min(self.space.resolutions) < MIN_RESOLUTION:
-            raise ConfigError(f"space.resolutions must be a non-empty list of sizes of at least "
-                              f"{MIN_RESOLUTION} pixels, got {self.space.resolutions}")
+        if not 0 < lo <= hi <= MAX_WIDTH:
+            raise ConfigError(f"space.width_range must satisfy 0 < lo <= hi <= {MAX_WIDTH:g}, "
+                              f"got [{lo}, {hi}]")
+        res = self.space.resolutions
+        if not res or not MIN_RESOLUTION <= min(res) <= max(res) <= MAX_RESOLUTION:
+            raise ConfigError(f"space.resolutions must be a non-empty list of sizes from "
+                              f"{MIN_RESOLUTION} to {MAX_RESOLUTION} pixels, got {res}")
+        _check_distinct("space.resolutions", res)
         if self.space.frames is not None and (not self.space.frames or min(self.space.frames) < 1):
-            raise ConfigError("space.frames must be a non-empty list of positive frame counts")
-        if self.space.num_random < 0:
-            raise ConfigError("space.num_random must be 0 or more")
+            raise ConfigError(f"space.frames must be a non-empty list of positive frame counts, "
+                              f"got {self.space.frames}")
+        if self.space.frames:
+            _check_distinct("space.frames", self.space.frames)
+        if not 0 <= self.space.num_random <= MAX_RANDOM:
+            raise ConfigError(f"space.num_random must be from 0 to {MAX_RANDOM}, "
+                              f"got {self.space.num_random}")
         formats = DATA_FORMATS + DENSE_DATA_FORMATS + VIDEO_DATA_FORMATS
         if self.data.format not in formats:
             raise ConfigError(f"data.format must be one of {', '.join(formats)}, "
@@ -187,30 +197,47 @@ class RunConfig:
         if self.train.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"train.amp must be none, bf16 or fp16, got {self.train.amp!r}")
         for name in ("epochs", "batch_size", "accumulate"):
-            if getattr(self.train, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1")
+            value = getattr(self.train, name)
+            if value < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {value}")
         if self.train.max_steps is not None and self.train.max_steps < 1:
-            raise ConfigError("train.max_steps must be at least 1")
+            raise ConfigError(f"train.max_steps must be at least 1, got {self.train.max_steps}")
         if not -_SEED_LIMIT <= self.train.seed < _SEED_LIMIT:
             raise ConfigError(f"train.seed must fit in 64 bits, got {self.train.seed}")
         if self.train.log_every < 1:
-            raise ConfigError("train.log_every must be at least 1")
+            raise ConfigError(f"train.log_every must be at least 1, got {self.train.log_every}")
         if self.train.distill_temperature <= 0:
-            raise ConfigError("train.distill_temperature must be positive")
+            raise ConfigError(f"train.distill_temperature must be positive, "
+                              f"got {self.train.distill_temperature}")
         self._check_not_negative("train", "checkpoint_every", "distill_weight")
         if self.optim.lr <= 0:
-            raise ConfigError("optim.lr must be positive")
-        self._check_not_negative("optim", "momentum", "weight_decay", "min_lr", "warmup_epochs")
+            raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
+        self._check_not_negative("optim", "weight_decay", "min_lr", "warmup_epochs")
+        if not 0 <= self.optim.momentum < 1:
+            raise ConfigError(f"optim.momentum must be at least 0 and below 1, "
+                              f"got {self.optim.momentum}")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError(f"optim.min_lr ({self.optim.min_lr}) must not exceed optim.lr "
+                              f"({self.optim.lr}): the schedule decays from lr to min_lr")
         if not 0 <= self.optim.warmup_start_factor <= 1:
-            raise ConfigError("optim.warmup_start_factor must be between 0 and 1")
+            raise ConfigError(f"optim.warmup_start_factor must be between 0 and 1, "
+                              f"got {self.optim.warmup_start_factor}")
         if not 0 <= self.optim.label_smoothing < 1:
-            raise ConfigError("optim.label_smoothing must be at least 0 and below 1")
+            raise ConfigError(f"optim.label_smoothing must be at least 0 and below 1, "
+                              f"got {self.optim.label_smoothing}")
         self._check_not_negative("data", "num_workers", "shift")
+        if self.data.augment == "shift" and self.data.shift > max(res) // 2:
+            raise ConfigError(f"data.shift must be at most half the largest resolution "
+                              f"({max(res) // 2} pixels), got {self.data.shift}: a shift by "
+                              f"more moves most of the image out of view")
         lo, hi = self.data.crop_scale
-        if not 0 < lo <= hi:
-            raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
-        if not 0 < self.data.eval_crop_ratio <= 1:
-            raise ConfigError("data.eval_crop_ratio must be in (0, 1]")
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < lo <= hi <= 1 (shares of the "
+                              f"image's area), got [{lo}, {hi}]")
+        if not 0.1 <= self.data.eval_crop_ratio <= 1:
+            raise ConfigError(f"data.eval_crop_ratio must be from 0.1 to 1 (the evaluation "
+                              f"crop's share of the resized image's side), "
+                              f"got {self.data.eval_crop_ratio}")
         return self
 
     def _check_task(self) -> None:
@@ -246,15 +273,24 @@ class RunConfig:
                               f"space.frames")
         for name in ("frame_stride", "eval_clips"):
             if getattr(self.data, name) < 1:
-                raise ConfigError(f"data.{name} must be at least 1")
+                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self.data, name)}")
         if self.data.format == "synthetic_motion" and self.data.hflip:
             raise ConfigError("data.hflip would swap the left/right and clockwise/anticlockwise "
                               "classes of synthetic_motion; set data.hflip: false")
 
     def _check_not_negative(self, section: str, *names: str) -> None:
         for name in names:
-            if getattr(getattr(self, section), name) < 0:
-                raise ConfigError(f"{section}.{name} must be 0 or more")
+            value = getattr(getattr(self, section), name)
+            if value < 0:
+                raise ConfigError(f"{section}.{name} must be 0 or more, got {value}")
+
+
+def _check_distinct(key: str, values: list) -> None:
+    """A size listed twice would be sampled twice as often, and tabled twice."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ConfigError(f"{key} lists {', '.join(map(str, twice))} more than once, "
+                          f"got {values}")
 
 
 def absolute_root(root: str) -> str:
@@ -298,6 +334,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
+        if value is None:  # written with every entry commented out
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         bad = [k for k in value if not isinstance(k, str)]
@@ -326,6 +364,8 @@ def _as_float(value: Any) -> float | None:
     """A number as a float (None when it is not one); YAML reads 1e-4 (no dot) as a string."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
+    if isinstance(value, str) and "_" in value:  # Python reads "1_0" as 10; YAML does not
+        return None
     try:
         return float(value)
     except OverflowError:  # an int too large for a float
@@ -343,7 +383,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            # a section's key written at the top level: name the section it belongs in
+            owners = [f"{name}.{key}" for name in names if dataclasses.is_dataclass(hints[name])
+                      and key in {f.name for f in dataclasses.fields(hints[name])}]
+            close = owners or [f"{where}.{name}" if where else name for name in
+                               difflib.get_close_matches(str(key), names, n=1)]
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {path!r}{hint}")
         tp = hints[key]
@@ -381,21 +425,31 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values in YAML syntax) to raw config data."""
+    """Apply ``section.key=value`` strings (values in YAML syntax) to raw config data. A
+    mapping given for a whole section changes the keys it names and keeps the others (one
+    given for ``model.options`` or ``model.head`` replaces them: their keys depend on the
+    model); ``null`` gives a key its default."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.lr=0.05)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = data
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             if node.get(part) is None:  # absent, or an empty section in the YAML
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section (it is "
-                                  f"{node!r} there; fix the recipe)")
-        node[parts[-1]] = _parse_value(text)
+                where = ".".join(parts[:depth + 1])
+                raise ConfigError(f"--set {key.strip()!r}: {where} is a value ({node!r}), not "
+                                  f"a section of keys; set {where}=VALUE")
+        value = _parse_value(text)
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            old = node.get(parts[-1])
+            section = len(parts) == 1 and isinstance(old, dict) and isinstance(value, dict)
+            node[parts[-1]] = {**old, **value} if section else value
     return data
 
 

@@ -41,8 +41,33 @@ def test_official_hyperparameters_are_in_the_recipes():
 def test_unknown_key_suggests_the_closest(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lrr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'lr'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
         load_config(path)
+
+
+def test_a_section_given_whole_keeps_its_other_keys_and_null_restores_a_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("space:\n  width_range: [0.5, 1.0]\n  num_random: 1\n"
+                    "model:\n  options:\n    # dropout: 0.2\n")
+    cfg = load_config(path, ["space={resolutions: [12]}"])
+    assert cfg.space.resolutions == [12] and cfg.space.width_range == (0.5, 1.0)
+    assert cfg.space.num_random == 1 and cfg.model.options == {}  # options all commented out
+    assert load_config(path, ["space.num_random=null"]).space.num_random == 2
+    # options depend on the model: a mapping given for them replaces them
+    cfg = load_config(None, ["model.options={dropout: 0.1, small_input: true}",
+                             "model.options={small_input: true}"])
+    assert cfg.model.options == {"small_input": True}
+
+
+def test_set_under_a_key_that_holds_a_value_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set 'train.epochs.x': train.epochs is a value "
+                                          r"\(3\), not a section of keys; set train.epochs=VALUE"):
+        load_config(None, ["train.epochs=3", "train.epochs.x=1"])
+
+
+def test_a_number_with_underscores_is_not_one():
+    with pytest.raises(ConfigError, match=r"optim.lr must be float, got '1_0'"):
+        load_config(None, ['optim.lr="1_0"'])
 
 
 def test_wrong_type_is_named(tmp_path):

@@ -193,6 +193,10 @@ def test_dense_models_take_any_2d_backbone_and_refuse_missing_strides():
     with pytest.raises(ConfigError, match="no option 'fpn'"):
         create_dense_model("detection", "resnet18", num_classes=2, in_chans=3,
                            width_range=(0.5, 1.0), head={"fpn": 3})
+    with pytest.raises(ConfigError, match=r"model.head.fpn_channels must be positive integers "
+                                          r"up to 4096, got 100000000000000000000000"):
+        create_dense_model("detection", "resnet18", num_classes=2, in_chans=3,
+                           width_range=(0.5, 1.0), head={"fpn_channels": 10**23})
 
 
 def _det_target(boxes, labels, size=64):

@@ -270,6 +270,14 @@ def test_model_options_out_of_range_are_refused(build, message):
         build()
 
 
+def test_a_model_option_torch_refuses_is_named_on_one_line():
+    with pytest.raises(ConfigError) as caught:
+        create_model("mobilenet_v2", last_channels=10**23)  # beyond 64 bits
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("model 'mobilenet_v2' refuses its options (")
+    assert "Overflow" in message and message.endswith("; fix model.options")
+
+
 def test_make_divisible_refuses_what_it_cannot_round():
     from mutualnet.nn.layers import make_divisible
 

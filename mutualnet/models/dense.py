@@ -29,6 +29,8 @@ __all__ = ["HEAD_OPTIONS", "FeatureTaps", "SlimGroupNorm", "FCOSDetector",
 
 _PROBE = 64  # side of the probe image; every stride up to 64 divides it
 #: head options (``model.head`` in a recipe) and their defaults, per task
+#: the largest channel count, stride or layer count a head option takes
+MAX_HEAD_VALUE = 4096
 HEAD_OPTIONS: dict[str, dict[str, Any]] = {
     "detection": {"strides": [8, 16, 32], "fpn_channels": 64, "head_convs": 2},
     "segmentation": {"strides": [8, 16], "inter_channels": 64},
@@ -308,8 +310,9 @@ def create_dense_model(task: str, backbone: str, *, num_classes: int, in_chans: 
     values = {**defaults, **head}
     for key, value in values.items():
         items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items) \
-                or not items:
-            raise ConfigError(f"model.head.{key} must be positive integers, got {value!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_HEAD_VALUE
+                   for v in items) or not items:
+            raise ConfigError(f"model.head.{key} must be positive integers up to "
+                              f"{MAX_HEAD_VALUE}, got {value!r}")
     return _BUILDERS[task](backbone, num_classes, in_chans, width_range, dict(options or {}),
                            **values)

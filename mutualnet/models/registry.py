@@ -63,7 +63,8 @@ def create_model(name: str, **kwargs) -> SlimmableModel:
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:  # a value the model refuses, e.g. dropout=2
-        raise ConfigError(f"model {name!r} refuses its options ({exc}); fix model.options"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {name!r} refuses its options ({first}); fix model.options"
                           ) from None
 
 

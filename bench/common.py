@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mutualnet.cli import Parser, guarded, positive  # noqa: E402
 from mutualnet.train.allocator import retain_freed_memory  # noqa: E402
 
-__all__ = ["Parser", "emit", "interleaved", "machine", "positive", "program", "ratio_quartiles",
-           "sync"]
+__all__ = ["Parser", "device_of", "emit", "image_models", "interleaved", "machine", "positive",
+           "program", "ratio_quartiles", "sync"]
 
 # the allocator setting of the `mutualnet` commands, for both sides of every comparison
 # (MUTUALNET_MALLOC=system measures with the C library's defaults instead)
@@ -35,6 +35,33 @@ def machine() -> dict:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "allocator": ALLOCATOR,
     }
+
+
+def device_of(parser: Parser, name: str) -> torch.device:
+    """``--device`` as the commands take it (cpu, cuda or cuda:N); any other is one line."""
+    from mutualnet.errors import ConfigError
+    from mutualnet.train.distributed import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        parser.error(f"--device: {exc}")
+
+
+def image_models(parser: Parser, names: str) -> list[str]:
+    """Comma-separated model names, each a registered model of images (the benchmarks feed
+    images; clips need other shapes)."""
+    from mutualnet import create_model
+
+    models = [n for n in names.split(",") if n]
+    if not models:
+        parser.error("give at least one model")
+    for name in models:
+        with torch.device("meta"):
+            clips = getattr(create_model(name), "temporal", False)
+        if clips:
+            parser.error(f"{name} is a video model; this benchmark measures image models")
+    return models
 
 
 def sync(device: torch.device) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from common import Parser, emit, interleaved, positive, program, ratio_quartiles
+from common import (Parser, device_of, emit, image_models, interleaved, positive, program,
+                    ratio_quartiles)
 from train_step import build, slim_step, static_step
 
 from mutualnet.tasks import ClassificationTask
@@ -77,12 +78,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=positive(int), default=20)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA device here; run it on a GPU machine (or --device cpu for a "
                      "smoke check)")
+    device = device_of(parser, args.device)
+    models = image_models(parser, args.models)
     results = []
-    for name in args.models.split(","):
+    for name in models:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         row = measure(name, args.batch, args.rounds, device)
@@ -90,7 +92,7 @@ def main() -> None:
         results.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    emit({"benchmark": "gpu", "device": args.device,
+    emit({"benchmark": "gpu", "device": str(device),
           "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
           "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
           "results": results, "targets": {"amp_over_fp32": 2.0, "step_over_floor": 1.10}})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common import Parser, emit, interleaved, positive, program, ratio_quartiles
+from common import Parser, emit, image_models, interleaved, positive, program, ratio_quartiles
 
 from mutualnet import create_model
 from mutualnet.export import fold_batchnorm
@@ -20,11 +20,17 @@ from mutualnet.export import fold_batchnorm
 
 def main() -> None:
     parser = Parser(description=__doc__)
-    parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--width", type=positive(float), default=0.5)
-    parser.add_argument("--resolution", type=positive(int), default=160)
-    parser.add_argument("--rounds", type=positive(int), default=30)
+    parser.add_argument("--model", default="mobilenet_v2",
+                        help="a registered image model (default mobilenet_v2)")
+    parser.add_argument("--width", type=positive(float), default=0.5,
+                        help="the sub-network's width, within 0.25-1.0 (default 0.5)")
+    parser.add_argument("--resolution", type=positive(int), default=160,
+                        help="input side in pixels (default 160)")
+    parser.add_argument("--rounds", type=positive(int), default=30,
+                        help="interleaved rounds at batch 1 (default 30); batch 32 runs a "
+                        "third as many, at least 5")
     args = parser.parse_args()
+    image_models(parser, args.model)
     device = torch.device("cpu")
     w, r = args.width, args.resolution
     slim = create_model(args.model, width_range=(0.25, 1.0)).eval()

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import Parser, emit, interleaved, positive, program, ratio_quartiles
+from common import (Parser, device_of, emit, image_models, interleaved, positive, program,
+                    ratio_quartiles)
 
 from mutualnet import create_model
+from mutualnet.errors import MutualNetError
 from mutualnet.space import Config, to_config
 
 SHAPES = {  # name: (small_input, resolutions, batch on CPU, batch on GPU)
@@ -84,7 +87,7 @@ def peak_memory(name: str, shape: str, which: str, device: str, channels_last: b
     over the steps is reported."""
     code = f"""
 import ctypes, sys, torch
-sys.path.insert(0, 'bench')
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from train_step import build, slim_step, static_step
 device = torch.device({device!r})
 slim, static, cfgs, x, y = build({name!r}, {shape!r}, device, {channels_last!r}, {batch!r})
@@ -115,16 +118,24 @@ else:
     peak = status('VmHWM')
 print((peak - base) / 2**20)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        raise MutualNetError(f"the memory measurement of {name} ({shape}, {which}) failed: "
+                             f"{last}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = Parser(description=__doc__)
-    parser.add_argument("--models", default="mobilenet_v2,resnet50")
-    parser.add_argument("--shapes", default="small,imagenet")
-    parser.add_argument("--rounds", type=positive(int), default=7)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="mobilenet_v2,resnet50",
+                        help="comma-separated image models (default mobilenet_v2,resnet50)")
+    parser.add_argument("--shapes", default="small,imagenet",
+                        help=f"comma-separated, of {', '.join(SHAPES)} (default both)")
+    parser.add_argument("--rounds", type=positive(int), default=7,
+                        help="interleaved rounds after 2 untimed ones (default 7)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--contiguous-format", action="store_true",
                         help="NCHW instead of channels-last (the recipes' default) for both sides")
     parser.add_argument("--batch", type=positive(int),
@@ -133,12 +144,11 @@ def main() -> None:
     unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
     if unknown:
         parser.error(f"--shapes takes {', '.join(SHAPES)}, got {', '.join(unknown)}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here")
+    device = device_of(parser, args.device)
+    models = image_models(parser, args.models)
     channels_last = not args.contiguous_format
     results = []
-    for name in args.models.split(","):
+    for name in models:
         for shape in args.shapes.split(","):
             slim, static, cfgs, x, y = build(name, shape, device, channels_last, args.batch)
             opt_a = torch.optim.SGD(slim.parameters(), lr=0.01, momentum=0.9)
@@ -149,8 +159,8 @@ def main() -> None:
                 "mutualnet_step": lambda: slim_step(slim, opt_a, cfgs, x, y),
                 "floor": lambda: static_step(static, opt_b, cfgs, x, y),
             }, rounds=args.rounds, warmup=2, device=device, samples=samples)
-            mem_slim = peak_memory(name, shape, "slim", args.device, channels_last, args.batch)
-            mem_full = peak_memory(name, shape, "static", args.device, channels_last, args.batch)
+            mem_slim = peak_memory(name, shape, "slim", str(device), channels_last, args.batch)
+            mem_full = peak_memory(name, shape, "static", str(device), channels_last, args.batch)
             row = {"model": name, "shape": shape, "batch": x.shape[0],
                    "configs": [f"{c.width:g}-{c.resolution}" for c in cfgs],
                    "step_s": round(t["mutualnet_step"], 4), "floor_s": round(t["floor"], 4),
@@ -161,7 +171,7 @@ def main() -> None:
                    "memory_ratio": round(mem_slim / mem_full, 3) if mem_full > 0 else None}
             print(row, flush=True)
             results.append(row)
-    emit({"benchmark": "train_step", "device": args.device, "channels_last": channels_last,
+    emit({"benchmark": "train_step", "device": str(device), "channels_last": channels_last,
           "results": results,
           "targets": {"step_over_floor": 1.05, "memory_ratio": 1.3}})
 

@@ -32,9 +32,11 @@ def result_of(out: subprocess.CompletedProcess, name: str) -> dict:
     return result
 
 
-def test_train_step_at_toy_size():
-    result = result_of(bench("train_step.py", "--models", "mobilenet_v2", "--shapes", "small",
-                             "--rounds", "3", "--batch", "2"), "train_step")
+def test_train_step_at_toy_size(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--models",
+                          "mobilenet_v2", "--shapes", "small", "--rounds", "3", "--batch", "2"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = result_of(out, "train_step")  # started from another folder
     (row,) = result["results"]
     assert row["model"] == "mobilenet_v2" and row["step_over_floor"] > 0
     low, median, high = row["step_over_floor_quartiles"]
@@ -56,7 +58,9 @@ def test_gpu_benchmark_runs_as_a_smoke_check_on_cpu():
 
 
 def test_data_pipeline_against_the_engine_step(tmp_path):
-    result = result_of(bench("data.py", "--config", tiny_yaml(tmp_path), "--steps", "2"), "data")
+    # 12 steps read 24 batches, more than the 20 of an epoch of the synthetic data
+    recipe = tiny_yaml(tmp_path, "train.accumulate=2", "optim.label_smoothing=0.1")
+    result = result_of(bench("data.py", "--config", recipe, "--steps", "12"), "data")
     assert result["loader_images_per_s"] > 0 and result["step_images_per_s"] > 0
 
 
@@ -78,6 +82,16 @@ def test_grid_against_the_official_procedure_agrees_on_accuracy(run_dir):
     ("gpu.py", ["--device", "cpu", "--rounds", "0"], "--rounds"),
     ("data.py", ["--steps", "0"], "--steps"),
     ("data.py", ["--config", "missing.yaml"], "missing.yaml"),
+    ("train_step.py", ["--device", "foo"], "--device: unknown device 'foo'"),
+    ("train_step.py", ["--device", "meta"], "--device: device 'meta' is not supported"),
+    ("train_step.py", ["--models", "x3d_xs"], "x3d_xs is a video model"),
+    ("gpu.py", ["--device", "mps"], "--device: device 'mps' is not supported"),
+    ("gpu.py", ["--device", "cpu", "--models", "x3d_xs"], "x3d_xs is a video model"),
+    ("inference.py", ["--model", "x3d_xs"], "x3d_xs is a video model"),
+    ("data.py", ["--config", "configs/detection/synthetic.yaml"],
+     "configs/detection/synthetic.yaml is a detection recipe; this benchmark measures image "
+     "classification recipes"),
+    ("data.py", ["--config", "configs/video/synthetic_x3d.yaml"], "is a video recipe"),
     ("grid.py", ["--configs", "0"], "--configs"),
     ("grid.py", ["--run", "no/such/run"], "no/such/run"),
 ])

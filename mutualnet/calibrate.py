@@ -15,7 +15,7 @@ from .nn.model import SlimmableModel
 from .parallel import ConfigPool
 from .space import Config, channels_last_format, to_config
 from .space import channels_last as layout
-from .train.checkpoint import writes_run
+from .train.checkpoint import deferred_signals, writes_run
 
 __all__ = ["calibrate"]
 
@@ -154,10 +154,13 @@ def calibrate_run(
               antialias=run.space.antialias)
     run.meta["calibration"] = {"batches": len(data), "batch_size": int(data[0].shape[0])}
     run.meta.pop("needs_calibration", None)
-    run.save()
     from .select import remove_results_of
 
-    dropped = remove_results_of(run.path, {c.key for c in configs})
+    # the rows measured with the statistics about to be replaced go with them (first: should
+    # the saving fail, rows are missing, never rows that no statistics back)
+    with deferred_signals():
+        dropped = remove_results_of(run.path, {c.key for c in configs})
+        run.save()
     if dropped:
         logging.getLogger("mutualnet").warning(
             "dropped %s from the results of %s: measured with the statistics just replaced; "

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +63,18 @@ def positive(kind: type) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _data_seed(text: str) -> int:
+    """A dataset writer's seed: a whole number of magnitude below 2**62 (each split draws
+    from a seed twice as large, which torch takes as a 64-bit value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not -2**62 <= value < 2**62:
+        raise argparse.ArgumentTypeError(f"must be between -2**62 and 2**62 - 1, got {text}")
+    return value
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -363,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=positive(int), help="training scenes (default 3000)")
     p.add_argument("--val", type=positive(int), help="validation scenes (default 500)")
     p.add_argument("--size", type=positive(int), default=96, help="canvas side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_data_seed, default=0)
     p.add_argument("--data", help="folder of Fashion-MNIST IDX files (default: the system's)")
     p.set_defaults(func=_cmd_make_scenes)
 
@@ -387,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training videos per class (default 50)")
     p.add_argument("--val-per-class", type=positive(int), default=20,
                    help="validation videos per class (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_data_seed, default=0)
     p.set_defaults(func=_cmd_make_video_data)
     return parser
 
@@ -400,6 +413,11 @@ def _one_line(exc: BaseException) -> str:
     return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0]
 
 
+#: what to lower when a command runs out of memory, where it is not the batch or resolution
+_MEMORY_ADVICE = {"make-scenes": "lower --size, --train or --val",
+                  "make-video-data": "lower --train-per-class or --val-per-class",
+                  "macs": "lower --resolutions or the widths"}
+
 #: commands that train or run networks: freed memory is kept for reuse in them
 _COMPUTING = {"train", "calibrate", "evaluate", "reproduce", "export"}
 
@@ -410,19 +428,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         parser = build_parser()
         given = list(sys.argv[1:] if argv is None else argv)
+        _check_set_items(given)
         args, extra = parser.parse_known_args(given)
         if extra:  # named by the command they were given to
             first = given.index(args.command)
             before = [a for a in extra if a in given[:first]]
             (parser if before else parser.commands[args.command]).error(
                 f"unrecognized arguments: {' '.join(before or extra)}")
+        memory_advice[0] = _MEMORY_ADVICE.get(args.command, memory_advice[0])
         if args.command in _COMPUTING:
             from .train.allocator import retain_freed_memory
 
             retain_freed_memory()
         return args.func(args)
 
-    return guarded(command)
+    memory_advice = ["lower the batch size or the resolution"]
+    return guarded(command, memory_advice)
+
+
+def _check_set_items(given: list[str]) -> None:
+    """``--set`` takes every word after it up to the next option: a word without ``=`` there
+    is a recipe or run placed after it, which argparse would report as missing."""
+    taking = False
+    for word in given:
+        if word.startswith("-"):
+            taking = word == "--set"
+        elif taking and "=" not in word:
+            raise MutualNetError(f"--set takes KEY=VALUE words, got {word!r}; put the recipe "
+                                 f"(or other arguments) before --set")
 
 
 def _allocation(exc: BaseException) -> str | None:
@@ -458,13 +491,48 @@ def _peer_lost(exc: BaseException) -> bool:
                             "Broken pipe", "NCCL communicator was aborted"))
 
 
-def guarded(command: Callable[[], int | None]) -> int:
+class _Terminated(BaseException):
+    """SIGTERM outside a training loop (which saves a checkpoint on it): raised so that what
+    the command holds (its lock, an unstarted run's files) is released as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_by_exception():
+    pid = os.getpid()
+
+    def handler(signum, frame):  # noqa: ANN001
+        if os.getpid() != pid:  # a forked loader worker: end as the signal would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise _Terminated
+
+    previous = signal.getsignal(signal.SIGTERM)
+    installed = False
+    if previous == signal.SIG_DFL:  # not someone else's handler, which is theirs to keep
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+            signal.signal(signal.SIGTERM, handler)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def guarded(command: Callable[[], int | None], memory_advice: Sequence[str] = (
+        "lower the batch size or the resolution",)) -> int:
     """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
     stderr and exit code 2, as is running out of memory (a batch or resolution too large for
-    the machine), or a file the system refused; an interrupted training run 128 + its signal,
-    Ctrl-C 130."""
+    the machine; ``memory_advice[0]`` says what to lower, read when it happens), or a file
+    the system refused; an interrupted training run 128 + its signal, Ctrl-C 130, SIGTERM
+    elsewhere 143."""
     try:
-        return command() or 0
+        with _terminate_by_exception():
+            return command() or 0
+    except _Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (MemoryError, RuntimeError) as exc:
         if _peer_lost(exc):  # the process that failed printed why
             rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
@@ -474,8 +542,8 @@ def guarded(command: Callable[[], int | None]) -> int:
         wanted = _allocation(exc)
         if wanted is None:
             raise
-        print(f"error: out of memory: could not allocate {wanted}; lower the batch size or the "
-              f"resolution", file=sys.stderr)
+        print(f"error: out of memory: could not allocate {wanted}; {memory_advice[0]}",
+              file=sys.stderr)
         return 2
     except MutualNetError as exc:
         signum = getattr(exc, "signum", None)

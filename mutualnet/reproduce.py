@@ -26,7 +26,7 @@ from .config import MODES, config_to_dict, load_config
 from .errors import ConfigError
 from .evaluate import evaluate_run
 from .run import load_run, read_run_config
-from .select import mmacs_figure, save_mmacs_figure
+from .select import mmacs_figure, mmacs_text, save_mmacs_figure
 from .space import Config
 from .train import build_space, train
 from .train.loop import RESUMABLE_KEYS, _differing_keys
@@ -241,7 +241,7 @@ def _budget_mmacs(preset: Preset, meta: dict) -> list[float]:
     model = create_model(meta["model"], num_classes=meta["num_classes"],
                          in_chans=meta["in_chans"], width_range=(min(widths), max(widths)),
                          **meta.get("options", {}))
-    return [round(count_macs(model, r, width=w)[0] / 1e6, 3) for w, r in preset.budgets]
+    return [round(count_macs(model, r, width=w)[0] / 1e6, 6) for w, r in preset.budgets]
 
 
 def _summarise(name: str, preset: Preset, seeds: int, results: dict, recipe: dict,
@@ -351,7 +351,7 @@ def _markdown(report: dict) -> str:
         lines += ["| budget (MMACs) | budget config | " + " | ".join(_NAMES[m] for m in compared)
                   + " |", "|---|---|" + "---|" * len(compared)]
         for b in report["budgets"]:
-            lines.append(f"| {b['mmacs']:.3f} | {b['config']} | "
+            lines.append(f"| {mmacs_text(b['mmacs'])} | {b['config']} | "
                          + " | ".join(_fmt(b[m]) for m in compared) + " |")
     else:
         lines.append("No budget comparison: it needs mutualnet, usnet or independent among "

@@ -98,7 +98,9 @@ class Run:
 
     def check_config(self, config: Config) -> Config:
         """Validate a configuration against what the model can run."""
-        width = self.model.check_width(config.width)
+        # widths are named, and their statistics kept, to 4 decimals: one that rounds to a
+        # configuration's name is that configuration
+        width = round(self.model.check_width(config.width), 4)
         trained = ", ".join(map(str, sorted(self.config.space.resolutions)))
         if config.resolution is None:
             raise ConfigError(f"a configuration needs a resolution (this run was trained at "

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError, MutualNetError, listed
 from .space import Config, is_count
-from .train.checkpoint import atomic_write_bytes, no_run_directory
+from .train.checkpoint import atomic_write_bytes, deferred_signals, no_run_directory
 
 __all__ = ["RESULT_FILES", "metric_of", "pareto_front", "select", "read_grid", "remove_results",
            "remove_results_of", "update_results", "write_results"]
@@ -45,6 +45,13 @@ def pareto_front(rows: list[dict[str, Any]], cost: str = "mmacs",
     return front
 
 
+def mmacs_text(mmacs: float) -> str:
+    """Millions of MACs to the MAC (at least 3 decimals): a budget copied from a table that
+    prints them so selects that row and no row above it."""
+    text = f"{mmacs:.6f}".rstrip("0")
+    return text + "0" * (3 - len(text.split(".")[1]))
+
+
 def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
            max_latency_ms: float | None = None, run: str | Path = "RUN") -> dict[str, Any]:
     """The most accurate configuration within the budget (the cheaper one on a tie); ``run``
@@ -72,8 +79,9 @@ def select(rows: list[dict[str, Any]], max_mmacs: float | None = None,
     if not fits:
         cheapest = min(r[cost] for r in rows)
         unit = "MMACs" if cost == "mmacs" else "ms"
+        shown = mmacs_text if cost == "mmacs" else "{:g}".format
         raise ConfigError(f"no configuration fits {budget:g} {unit}; the cheapest needs "
-                          f"{cheapest:g} {unit}")
+                          f"{shown(cheapest)} {unit}")
     return max(fits, key=lambda r: (r[metric], -r[cost]))
 
 
@@ -146,7 +154,7 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
             + (["latency ms (batch 1)"] if has_latency else []))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(pareto_front(rows, "mmacs", metric), key=lambda r: -r["mmacs"]):
-        cells = ([f"{row['mmacs']:.3f}", _label(row)] + ([str(row["frames"])] if has_frames
+        cells = ([mmacs_text(row["mmacs"]), _label(row)] + ([str(row["frames"])] if has_frames
                                                           else []) + [f"{row[metric]:.2f}"])
         if has_latency:
             cells.append(f"{row['latency_ms']:.3f}" if "latency_ms" in row else "–")
@@ -161,7 +169,7 @@ def _query_table(rows: list[dict[str, Any]], device: str) -> str:
         for row in sorted(pareto_front(timed, "latency_ms", metric),
                           key=lambda r: -r["latency_ms"]):
             lines.append(f"| {row['latency_ms']:.3f} | {_label(row)} | {row[metric]:.2f} | "
-                         f"{row['mmacs']:.3f} |")
+                         f"{mmacs_text(row['mmacs'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,8 +241,9 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]], device: str = "cpu"
     files = {GRID_JSON: (json.dumps(rows, indent=1) + "\n").encode(),
              GRID_CSV: text.getvalue().encode(),
              QUERY_TABLE: _query_table(rows, device).encode(), PARETO_PNG: _plot(rows)}
-    for name, data in files.items():
-        atomic_write_bytes(run_dir / name, data)
+    with deferred_signals():  # the four agree: Ctrl-C waits until all are written
+        for name, data in files.items():
+            atomic_write_bytes(run_dir / name, data)
 
 
 def _configuration(row: dict[str, Any]) -> tuple:
@@ -319,9 +328,10 @@ def remove_results(run_dir: Path) -> list[str]:
     """Remove the results of an evaluation from a run directory (the grid first, which
     ``select`` reads); returns the names removed."""
     removed = []
-    for name in RESULT_FILES:
-        path = Path(run_dir) / name
-        if path.exists():
-            path.unlink()
-            removed.append(name)
+    with deferred_signals():
+        for name in RESULT_FILES:
+            path = Path(run_dir) / name
+            if path.exists():
+                path.unlink()
+                removed.append(name)
     return removed

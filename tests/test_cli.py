@@ -139,3 +139,16 @@ def test_set_takes_several_pairs_at_once_and_again():
                                                   "train.seed=1"])
     args = parser.parse_args(["reproduce", "--preset", "tiny", "--set", "a.b=1", "c.d=2"])
     assert args.overrides == ["a.b=1", "c.d=2"]
+
+
+def test_out_of_memory_names_what_the_command_can_lower(tmp_path, monkeypatch, capsys):
+    import mutualnet.data.scenes as scenes
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "4831838208 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(scenes, "write_scenes", too_big)
+    assert main(["make-scenes", str(tmp_path / "s"), "--size", "20000"]) == 2
+    assert capsys.readouterr().err == ("error: out of memory: could not allocate 4.5 GiB; "
+                                       "lower --size, --train or --val\n")

@@ -90,6 +90,12 @@ def test_evaluate_writes_the_grid_table_and_plot(run_dir):
         assert 0 <= row["top1"] <= row["top5"] <= 100 and row["latency_device"] == "cpu"
     full = next(r for r in rows if r["width"] == 1.0 and r["resolution"] == 16)
     assert full["mmacs"] == max(r["mmacs"] for r in rows) and full["top1"] > 50
+    from mutualnet.macs import count_macs
+
+    model = load_run(run_dir).model
+    for row in rows:  # every MAC, so that a budget is never exceeded
+        macs, _ = count_macs(model, row["resolution"], width=row["width"])
+        assert round(row["mmacs"] * 1e6) == macs
     for name in ("grid.csv", "query_table.md", "pareto.png"):
         assert (run_dir / name).stat().st_size > 100
     assert (run_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
@@ -121,6 +127,13 @@ def test_select_without_an_evaluation_says_what_to_run(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = cli("select", tmp_path / "empty", "--max-mmacs", "5")
     assert proc.returncode == 2 and "mutualnet evaluate" in proc.stderr
+
+
+def test_a_width_is_taken_to_the_4_decimals_it_is_named_and_calibrated_by(run_dir):
+    run = load_run(run_dir)
+    assert run.check_config(Config(0.50004, 16)) == Config(0.5, 16)
+    assert run.check_config(Config(0.62496, 16)) == Config(0.625, 16)
+    assert run.check_config(Config(0.62506, 16)) == Config(0.6251, 16)
 
 
 def test_a_configuration_never_listed_in_training_can_be_calibrated(run_dir):
@@ -163,13 +176,18 @@ def test_adaptive_model_never_serves_one_width_for_another_named_alike(run_dir):
                 for w in (round(lo + k * 1e-4, 4) for k in range(1, int((hi - lo) / 1e-4)))
                 if channels(w - 4.9e-5) != channels(w + 4.9e-5))
     assert a.key == b.key
-    calibrate(m.model, [torch.randn(4, 3, 16, 16)], [a])
+    calibrate(m.model, [torch.randn(4, 3, 16, 16)], [a])  # the model's API: a's own width
     x = torch.randn(2, 3, 16, 16)
-    m.use(a)
-    m(x)
-    m.use(b)
-    with pytest.raises(ConfigError, match=f"statistics calibrated for {a.key}"):
+    named = round(a.width, 4)  # the run takes either as the width both are named by
+    assert m.use(a) == m.use(b) == Config(named, 16)
+    if channels(named) == channels(a.width):  # the network a was calibrated on
         m(x)
+    else:
+        with pytest.raises(ConfigError, match=f"statistics calibrated for {a.key}"):
+            m(x)
+    with m.model.using(b):  # b's own width on the model itself: a's statistics do not fit
+        with pytest.raises(ConfigError, match=f"statistics calibrated for {a.key}"):
+            m.model(x)
 
 
 def test_adaptive_model_refuses_what_is_no_configuration_or_budget(run_dir):
@@ -635,10 +653,15 @@ def test_a_budget_copied_from_the_query_table_selects_its_row(tmp_path):
     from mutualnet.select import read_grid, update_results
 
     update_results(tmp_path, [{"width": 0.75, "resolution": 20, "mmacs": 1.912, "top1": 99.0},
-                              {"width": 1.0, "resolution": 12, "mmacs": 1.905, "top1": 94.0}])
+                              {"width": 1.0, "resolution": 12, "mmacs": 1.905, "top1": 94.0},
+                              {"width": 0.5, "resolution": 28, "mmacs": 1.900312, "top1": 93.0},
+                              {"width": 0.5, "resolution": 12, "mmacs": 0.5, "top1": 50.0}])
+    # a budget a little below a configuration's MACs does not select it
+    assert _label(select(read_grid(tmp_path), max_mmacs=1.9003)) == "0.5-12"
     rows = [line.split(" | ") for line in (tmp_path / "query_table.md").read_text().splitlines()
             if line.startswith("| 1.9")]
-    assert [cells[1] for cells in rows] == ["0.75-20", "1.0-12"]
+    assert [cells[1] for cells in rows] == ["0.75-20", "1.0-12", "0.5-28"]
+    assert rows[2][0] == "| 1.900312"
     for cells in rows:
         budget = float(cells[0].strip("| "))
         assert _label(select(read_grid(tmp_path), max_mmacs=budget)) == cells[1]

@@ -252,6 +252,49 @@ def test_a_damaged_dataset_is_one_line(tmp_path, recipe, kind):
     assert not out.exists()  # a run that failed before its first checkpoint leaves nothing
 
 
+def test_a_folder_holding_a_recipe_or_a_log_but_no_run_is_refused_and_kept(tmp_path, recipe):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.yaml").write_text(Path(recipe).read_text() + "# my notes\n")
+    (out / "log.jsonl").write_text("my log\n")
+    before = snapshot(out)
+    # the recipe trained is the folder's own config.yaml, and the run fails after its checks
+    one_line_error(cli("train", out / "config.yaml", "--out", out, "--batch-size", "100000"),
+                   f"{out} holds config.yaml and log.jsonl but no trained run")
+    assert snapshot(out) == before
+    (out / "log.jsonl").unlink()
+    one_line_error(cli("train", out / "config.yaml", "--out", out),
+                   f"{out} holds config.yaml but no trained run; the new run would write over")
+    assert (out / "config.yaml").read_text().endswith("# my notes\n")
+
+
+def test_a_failed_run_removes_only_what_it_wrote(tmp_path, recipe):
+    out = tmp_path / "out"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "mine").write_text("kept")
+    (out / "notes.txt").write_text("kept")
+    one_line_error(cli("train", recipe, "--out", out, "--batch-size", "100000"),
+                   "larger than the training set")
+    assert sorted(p.name for p in out.rglob("*")) == ["mine", "notes.txt", "tensorboard"]
+
+
+def test_sigterm_before_the_first_step_leaves_no_run_behind(tmp_path, monkeypatch, capsys):
+    import mutualnet.train.loop as loop
+    from mutualnet.cli import main
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(loop, "build_model", terminated)
+    out = tmp_path / "out"
+    assert main(["train", tiny_yaml(tmp_path), "--out", str(out)]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: terminated"
+    assert not out.exists()  # neither config.yaml nor the lock is left
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
     root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=4)
     bad = [root / "train" / "a" / "notes.jpg", root / "train" / "b" / "cut.png",
@@ -280,9 +323,12 @@ def test_skip_bad_files_trains_and_reports_what_it_skipped(tmp_path, recipe):
 @pytest.mark.parametrize("args,needle", [
     (["--set", "model.name=nope"], "unknown model 'nope'; available models: "),
     (["--set", "model.options={foo: 1}"], "model 'mobilenet_v2' has no option 'foo'"),
-    (["--set", "optim.lrr=1"], "unknown config key 'optim.lrr'; did you mean 'lr'?"),
+    (["--set", "optim.lrr=1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
     (["--set", "optim.lr=.nan"], "optim.lr must be a finite number"),
-    (["--set", "space.resolutions=[4]"], "at least 8 pixels"),
+    (["--set", "space.resolutions=[4]"], "sizes from 8 to 4096 pixels, got [4]"),
+    (["--set", "space.width_range=[0.5, 1e30]"], "space.width_range must satisfy 0 < lo <= hi"),
+    (["--set", "model.options.last_channels=99999999999999999999999"],
+     "model 'mobilenet_v2' refuses its options (empty(): argument"),
     (["--set", "model.options={1: 2}"], "model.options must have names as keys"),
     (["--device", "tpu9"], "unknown device 'tpu9'"),
     (["--device", "mps"], "device 'mps' is not supported; use auto, cpu, cuda or cuda:N"),
@@ -303,9 +349,17 @@ def test_a_bad_option_is_one_line(tmp_path, recipe, args, needle):
     assert not out.exists()
 
 
+def test_a_recipe_placed_after_set_is_named(tmp_path, recipe):
+    one_line_error(cli("train", "--set", "train.seed=1", recipe, "--out", tmp_path / "out"),
+                   f"--set takes KEY=VALUE words, got '{recipe}'; put the recipe (or other "
+                   f"arguments) before --set")
+
+
 @pytest.mark.parametrize("text,needle", [
     ("trian:\n  epochs: 2\n", "unknown config key 'trian'; did you mean 'train'?"),
-    ("train:\n  epoch: 2\n", "unknown config key 'train.epoch'; did you mean 'epochs'?"),
+    ("train:\n  epoch: 2\n", "unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
+    ("epochs: 2\n", "unknown config key 'epochs'; did you mean 'train.epochs'?"),
+    ("name: resnet50\n", "unknown config key 'name'; did you mean 'model.name'?"),
     ("train:\n  epochs: two\n", "train.epochs must be int, got 'two'"),
     ("space:\n  width_range: 0.5\n", "space.width_range must be a list, got 0.5"),
     ("optim:\n  lr: [0.1\n", "is not valid YAML (line"),
@@ -325,14 +379,31 @@ def test_a_recipe_with_a_typo_is_one_line(tmp_path, text, needle):
     ("train.checkpoint_every=-1", "train.checkpoint_every must be 0 or more"),
     ("train.distill_temperature=0", "train.distill_temperature must be positive"),
     ("train.seed=99999999999999999999", "train.seed must fit in 64 bits"),
-    ("optim.momentum=-0.9", "optim.momentum must be 0 or more"),
+    ("optim.momentum=-0.9", "optim.momentum must be at least 0 and below 1, got -0.9"),
+    ("optim.momentum=1", "optim.momentum must be at least 0 and below 1, got 1.0"),
     ("optim.weight_decay=-1", "optim.weight_decay must be 0 or more"),
     ("optim.label_smoothing=1", "optim.label_smoothing must be at least 0 and below 1"),
-    ("optim.warmup_start_factor=2", "optim.warmup_start_factor must be between 0 and 1"),
+    ("optim.warmup_start_factor=2", "optim.warmup_start_factor must be between 0 and 1, got 2"),
     ("optim.lr=1e999", "optim.lr must be a finite number"),
-    ("data.shift=-2", "data.shift must be 0 or more"),
-    ("data.crop_scale=[0.5, 0.1]", "data.crop_scale must satisfy 0 < lo <= hi"),
-    ("data.eval_crop_ratio=1.5", "data.eval_crop_ratio must be in (0, 1]"),
+    ("data.shift=-2", "data.shift must be 0 or more, got -2"),
+    ("data.crop_scale=[0.5, 0.1]", "data.crop_scale must satisfy 0 < lo <= hi <= 1"),
+    ("data.crop_scale=[5, 10]", "data.crop_scale must satisfy 0 < lo <= hi <= 1 (shares of the "
+                                "image's area), got [5.0, 10.0]"),
+    ("data.eval_crop_ratio=1.5", "data.eval_crop_ratio must be from 0.1 to 1"),
+    ("data.eval_crop_ratio=1e-9", "data.eval_crop_ratio must be from 0.1 to 1 (the evaluation "
+                                  "crop's share of the resized image's side), got 1e-09"),
+    ("data.shift=9", "data.shift must be at most half the largest resolution (8 pixels), got 9"),
+    ("data.shift=99999999999999999999999", "data.shift must be at most half the largest"),
+    ("space.resolutions=[99999999999999999999999]",
+     "space.resolutions must be a non-empty list of sizes from 8 to 4096 pixels"),
+    ("space.resolutions=[16, 16, 12]", "space.resolutions lists 16 more than once, "
+                                       "got [16, 16, 12]"),
+    ("space.width_range=[0.5, 1e30]", "space.width_range must satisfy 0 < lo <= hi <= 4, "
+                                      "got [0.5, 1e+30]"),
+    ("space.num_random=99999999999999999999999", "space.num_random must be from 0 to 32"),
+    ("optim.min_lr=1.5", "optim.min_lr (1.5) must not exceed optim.lr (0.1)"),
+    ("train.epochs=0", "train.epochs must be at least 1, got 0"),
+    ("optim.lr=0", "optim.lr must be positive, got 0.0"),
     ("data.skip_bad_files=true", "data.skip_bad_files applies to image_folder and video_folder"),
 ])
 def test_values_that_would_fail_deep_inside_training_are_refused_up_front(override, needle):
@@ -466,7 +537,8 @@ def test_a_run_directory_that_does_not_exist_is_one_line(tmp_path, recipe, comma
 
 @pytest.mark.parametrize("extra,needle", [
     ([], "already holds a run; pass --resume"),
-    (["--resume", "--set", "optim.lr=0.3"], "with a different config (optim.lr)"),
+    (["--resume", "--set", "optim.lr=0.3"],
+     "with a different config (optim.lr: 0.1 in the run, 0.3 now)"),
 ])
 def test_an_existing_run_is_never_overwritten_or_resumed_differently(run, extra, needle):
     fails_without_damage(run, "train", run / "config.yaml", "--out", run, *extra,
@@ -578,6 +650,67 @@ def test_recalibrating_configurations_of_the_table_drops_their_rows(run_copy):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any((run_copy / name).exists() for name in
                    ("grid.json", "grid.csv", "query_table.md", "pareto.png"))
+
+
+def test_calibration_stopped_while_saving_leaves_no_row_its_statistics_do_not_back(
+        run_copy, monkeypatch):
+    from mutualnet.calibrate import calibrate_run
+    from mutualnet.run import Run, load_run
+    from mutualnet.space import Config
+
+    weights = (run_copy / "model.safetensors").read_bytes()
+    rows = json.loads((run_copy / "grid.json").read_text())
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "save", stopped)
+    with pytest.raises(KeyboardInterrupt), one_thread():
+        calibrate_run(load_run(run_copy), [Config(0.5, 12)], batches=1, progress=False)
+    assert (run_copy / "model.safetensors").read_bytes() == weights  # the statistics kept
+    assert json.loads((run_copy / "grid.json").read_text()) == [  # their row gone
+        r for r in rows if (r["width"], r["resolution"]) != (0.5, 12)]
+
+
+def test_ctrl_c_while_the_results_are_written_waits_until_all_four_agree(tmp_path,
+                                                                         monkeypatch):
+    import mutualnet.select as select_module
+    from mutualnet.train.checkpoint import atomic_write_bytes
+
+    def row(width):
+        return {"width": width, "resolution": 28, "mmacs": 2.4 * width, "top1": 90.0 * width}
+
+    write_results(tmp_path, [row(1.0)])
+    written = []
+
+    def write_then_interrupt(path, data):
+        atomic_write_bytes(path, data)
+        written.append(path.name)
+        if len(written) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the first and the second
+
+    monkeypatch.setattr(select_module, "atomic_write_bytes", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(tmp_path, [row(1.0), row(0.5)])
+    assert written == ["grid.json", "grid.csv", "query_table.md", "pareto.png"]
+    assert (tmp_path / "grid.csv").read_text().count("\n") == 3
+    assert "0.5-28" in (tmp_path / "query_table.md").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from mutualnet.train.checkpoint import atomic_write_bytes
+
+    (tmp_path / "grid.json").write_text("old")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(tmp_path / "grid.json", b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.json"]
+    assert (tmp_path / "grid.json").read_text() == "old"
 
 
 def test_calibration_reports_the_batches_it_had(run_copy):
@@ -857,7 +990,8 @@ def test_an_export_cut_short_leaves_nothing_beside_its_output(tmp_path, run, mon
 @pytest.mark.parametrize("command, bad, needle", [
     (["make-scenes", "--train", "2", "--val", "2", "--size", "32"], ["--size", "8"],
      "at least 32 pixels"),
-    (["make-video-data", "--train", "1", "--val", "1"], None, None),
+    (["make-video-data", "--train", "1", "--val", "1"], ["--seed", "99999999999999999999"],
+     "--seed: must be between -2**62 and 2**62 - 1, got 99999999999999999999"),
 ])
 def test_dataset_writers_refuse_a_folder_with_files_and_leave_nothing_when_refused(
         tmp_path, unwritable, command, bad, needle):
@@ -906,6 +1040,32 @@ def test_an_interrupted_dataset_writer_leaves_no_partial_dataset(tmp_path, monke
     run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert {p.name for p in out.iterdir()} >= {"train", "val"}
+
+
+def test_a_dataset_writer_stages_apart_from_other_writers_and_the_users_folders(tmp_path):
+    from mutualnet.data.base import new_folder
+    from mutualnet.errors import DataError
+
+    mine = tmp_path / ".data.partial"  # a folder of the user's, named as staging once was
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    out = tmp_path / "data"
+    # the first to finish has the folder; the other finds it taken and leaves it whole
+    with pytest.raises(DataError, match="cannot write scenes to .*data: Directory not empty"):
+        with new_folder(out, "scenes") as first:
+            (first / "a").write_text("first")
+            with new_folder(out, "scenes") as second:
+                assert first != second and first.parent == second.parent == tmp_path
+                (second / "b").write_text("second")
+    assert [p.name for p in out.iterdir()] == ["b"]
+    assert (mine / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.partial", "data"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "link").symlink_to(empty)
+    with new_folder(tmp_path / "link", "scenes") as stage:
+        (stage / "c").write_text("c")
+    assert (tmp_path / "link").is_symlink() and [p.name for p in empty.iterdir()] == ["c"]
 
 
 # ---------------------------------------------------------------------------------------------

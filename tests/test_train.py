@@ -303,6 +303,15 @@ def test_a_resume_with_another_process_count_warns_that_it_is_not_exact(tmp_path
            f"normalises its own share of the batch" in caplog.text
 
 
+def test_fp16_on_the_cpu_warns_that_it_is_slow(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        train(tiny("train.max_steps=1", "train.validate=false", "train.amp=bf16"), tmp_path / "a")
+    assert "slow half-precision kernels" not in caplog.text
+    with caplog.at_level("WARNING", logger="mutualnet"):
+        train(tiny("train.max_steps=1", "train.validate=false", "train.amp=fp16"), tmp_path / "b")
+    assert "train.amp fp16 runs on the CPU through slow half-precision kernels" in caplog.text
+
+
 def test_validation_split_over_two_processes_equals_one_process(tmp_path):
     """Each process evaluates every other validation image and the counts are summed: the
     logged top-1 of a two-process run equals one process validating the same final weights."""

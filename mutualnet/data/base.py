@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (its exit handler is registered before ours)
 import os
+import secrets
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -75,24 +76,29 @@ def check_new_folder(out: str | Path) -> Path:
 @contextlib.contextmanager
 def new_folder(out: str | Path, what: str) -> Iterator[Path]:
     """The folder a dataset writer fills, written whole or not at all: ``out`` (which must be
-    new or empty) appears only when the writer is done. The writer fills a hidden sibling that
-    is renamed to ``out`` at the end; an error or an interruption leaves ``out`` as it was (the
-    sibling of a writer killed outright is hidden, and removed by the next writer)."""
+    new or empty) appears only when the writer is done. The writer fills a hidden sibling of
+    its own (``.NAME.partial-PID-XXXXXXXX``) that is renamed to ``out`` at the end; an error or an
+    interruption leaves ``out`` as it was. Two writers to one folder do not mix: the second to
+    finish finds ``out`` taken. (The sibling of a writer killed outright stays, hidden.)"""
     out = check_new_folder(out)
-    stage = out.parent / f".{out.name}.partial"
+    place = Path(os.path.realpath(out))  # "." or a link to an empty folder: the folder itself
+    stage = None
     try:
         try:
-            shutil.rmtree(stage, ignore_errors=True)
-            stage.mkdir(parents=True)
+            place.parent.mkdir(parents=True, exist_ok=True)
+            name = f".{place.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            (place.parent / name).mkdir()  # the usual permissions, unlike tempfile's
+            stage = place.parent / name
             yield stage
-            if out.exists():
-                out.rmdir()  # empty, checked above
-            os.replace(stage, out)
+            if place.exists():
+                place.rmdir()  # empty, checked above (not empty: another writer finished first)
+            os.replace(stage, place)
         except OSError as exc:
             raise DataError(f"cannot write {what} to {out}: {exc.strerror or exc}; choose a "
-                            f"writable folder") from None
+                            f"writable folder that no other writer fills") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def to_device(batch_part, device: torch.device):

@@ -65,7 +65,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         kept = " (the one there is left as it was)" if path.is_file() else ""
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}{kept}; free space "
                               f"or choose a writable location") from None
+    except BaseException:  # interrupted: nothing is left beside the file
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while files that must agree are written one after
+    another; a signal that came meanwhile is delivered when they all are. (Outside the main
+    thread, where handlers cannot be set, nothing is held back.)"""
+    import signal
+
+    came: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(came):
+            signal.raise_signal(sig)
 
 
 #: run directories this process holds, and how many times (the lock is reentrant)

@@ -38,7 +38,7 @@ from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, load_model_state, loa
                          resume_checkpoint, run_lock, save_checkpoint, save_weights,
                          write_config)
 from .distributed import Distributed, resolve_device
-from .log import RunLog
+from .log import LOG, RunLog
 from .optim import build_optimizer, lr_at
 from .order import EpochOrder, SeededItems
 
@@ -156,9 +156,19 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
         differ = _differing_keys(saved, config_to_dict(cfg))
         refused = differ - RESUMABLE_KEYS - EXTENDING_KEYS
         if refused:
+            now = config_to_dict(cfg)
+
+            def change(key: str) -> str:  # the run's value, then this config's
+                values = []
+                for config in (saved, now):
+                    for part in key.split("."):
+                        config = config.get(part) if isinstance(config, dict) else None
+                    values.append(config)
+                return f"{key}: {values[0]!r} in the run, {values[1]!r} now"
+
             raise ConfigError(
                 f"cannot resume {run_dir} with a different config "
-                f"({', '.join(sorted(refused))}); resume with the run's own "
+                f"({'; '.join(map(change, sorted(refused)))}); resume with the run's own "
                 f"{CONFIG_FILE} or start a new --out directory"
             )
         if cfg.train.epochs < saved["train"]["epochs"]:
@@ -176,21 +186,66 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
     if held:  # weights without a training state: a converted run, or checkpoints removed
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); choose another "
                           f"--out directory")
-    if is_main:
-        _write_config(run_dir, config_to_dict(cfg))
+    if not is_main:
+        return
+    strays = _strays(run_dir, config_to_dict(cfg))
+    if strays:  # the user's own files (maybe the very recipe), or another attempt's config
+        raise ConfigError(f"{run_dir} holds {' and '.join(strays)} but no trained run; the new "
+                          f"run would write over them: move them away or choose another --out "
+                          f"directory")
+    _write_config(run_dir, config_to_dict(cfg))
 
 
-def _remove_unstarted(run_dir: Path, created: bool) -> None:
+def _strays(run_dir: Path, config: dict) -> list[str]:
+    """The files a new run in ``run_dir`` would write over and lose something by: a config
+    other than the one it writes, a log that is not a run's (that of an attempt killed before
+    its first checkpoint is replaced)."""
+    import json
+
+    import yaml
+
+    strays = []
+    try:
+        if (run_dir / CONFIG_FILE).read_bytes() != yaml.safe_dump(config,
+                                                                  sort_keys=False).encode():
+            strays.append(CONFIG_FILE)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        strays.append(CONFIG_FILE)
+    try:
+        with open(run_dir / LOG, "rb") as f:
+            first = f.readline()
+        if first and not isinstance(json.loads(first), dict):
+            strays.append(LOG)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        strays.append(LOG)
+    return strays
+
+
+def _present(run_dir: Path) -> frozenset[str]:
+    """The run's file names (and its tensorboard folder) already in ``run_dir``."""
+    from ..run import RUN_FILES
+
+    return frozenset(name for name in (*RUN_FILES, "tensorboard") if (run_dir / name).exists())
+
+
+def _remove_unstarted(run_dir: Path, created: bool, before: frozenset[str]) -> None:
     """Remove what a new run wrote when it ends without a checkpoint (it failed before its
-    first step, or early in it): its config, log and lock, and its folder when it made it."""
+    first step, or early in it): its config, log and lock, and its folder when it made it;
+    nothing that was there before it started."""
     from ..run import RUN_FILES
 
     if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
         return
     for name in RUN_FILES:
-        with contextlib.suppress(OSError):
-            (run_dir / name).unlink()
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        if name not in before:
+            with contextlib.suppress(OSError):
+                (run_dir / name).unlink()
+    if "tensorboard" not in before:
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     if created:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # only when nothing else is in it
@@ -308,12 +363,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
     dist = Distributed.from_env(device.type)
     held = contextlib.ExitStack()
     created = not run_dir.exists()
+    before = frozenset() if created else _present(run_dir)
     try:
         if dist.is_main and (run_dir.is_dir() or not resume):  # no other writer meanwhile
             held.enter_context(run_lock(run_dir, "train"))
         _prepare_run_dir(run_dir, cfg, resume, dist.is_main)
         if dist.is_main and not resume:  # the folder holds no run: a failure before the
-            held.callback(_remove_unstarted, run_dir, created)  # first checkpoint leaves none
+            # first checkpoint leaves nothing of it
+            held.callback(_remove_unstarted, run_dir, created, before)
         dist.barrier()
         tc = cfg.train
         if tc.batch_size % (dist.world_size * tc.accumulate):
@@ -346,6 +403,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str
         task = build_task(cfg)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
         scaler = torch.amp.GradScaler(device.type) if tc.amp == "fp16" else None
+        if tc.amp == "fp16" and device.type == "cpu":
+            log.warning("train.amp fp16 runs on the CPU through slow half-precision kernels "
+                        "(a MobileNetV2 step over 100x slower than fp32); set train.amp=none, "
+                        "or bf16 on CPUs with native bfloat16")
 
         step, leg = 0, None
         if resume:

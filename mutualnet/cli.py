@@ -413,7 +413,9 @@ def _one_line(exc: BaseException) -> str:
     return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0]
 
 
-#: what to lower when a command runs out of memory, where it is not the batch or resolution
+#: what to lower when a command runs out of memory: the batch or resolution, but where a
+#: command has neither
+_LOWER = "lower the batch size or the resolution"
 _MEMORY_ADVICE = {"make-scenes": "lower --size, --train or --val",
                   "make-video-data": "lower --train-per-class or --val-per-class",
                   "macs": "lower --resolutions or the widths"}
@@ -424,10 +426,10 @@ _COMPUTING = {"train", "calibrate", "evaluate", "reproduce", "export"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    given = list(sys.argv[1:] if argv is None else argv)
 
     def command() -> int:
         parser = build_parser()
-        given = list(sys.argv[1:] if argv is None else argv)
         _check_set_items(given)
         args, extra = parser.parse_known_args(given)
         if extra:  # named by the command they were given to
@@ -435,15 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = [a for a in extra if a in given[:first]]
             (parser if before else parser.commands[args.command]).error(
                 f"unrecognized arguments: {' '.join(before or extra)}")
-        memory_advice[0] = _MEMORY_ADVICE.get(args.command, memory_advice[0])
         if args.command in _COMPUTING:
             from .train.allocator import retain_freed_memory
 
             retain_freed_memory()
         return args.func(args)
 
-    memory_advice = ["lower the batch size or the resolution"]
-    return guarded(command, memory_advice)
+    name = next((word for word in given if not word.startswith("-")), None)  # the command
+    return guarded(command, _MEMORY_ADVICE.get(name, _LOWER))
 
 
 def _check_set_items(given: list[str]) -> None:
@@ -520,11 +521,10 @@ def _terminate_by_exception():
             signal.signal(signal.SIGTERM, previous)
 
 
-def guarded(command: Callable[[], int | None], memory_advice: Sequence[str] = (
-        "lower the batch size or the resolution",)) -> int:
+def guarded(command: Callable[[], int | None], memory_advice: str = _LOWER) -> int:
     """Run ``command`` as a program: a user's mistake (:class:`MutualNetError`) is one line on
     stderr and exit code 2, as is running out of memory (a batch or resolution too large for
-    the machine; ``memory_advice[0]`` says what to lower, read when it happens), or a file
+    the machine; ``memory_advice`` says what to lower), or a file
     the system refused; an interrupted training run 128 + its signal, Ctrl-C 130, SIGTERM
     elsewhere 143."""
     try:
@@ -542,7 +542,7 @@ def guarded(command: Callable[[], int | None], memory_advice: Sequence[str] = (
         wanted = _allocation(exc)
         if wanted is None:
             raise
-        print(f"error: out of memory: could not allocate {wanted}; {memory_advice[0]}",
+        print(f"error: out of memory: could not allocate {wanted}; {memory_advice}",
               file=sys.stderr)
         return 2
     except MutualNetError as exc:

@@ -189,12 +189,16 @@ def no_run_directory(path: Path) -> str:
             f"{path} does not exist: no run directory")
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write a run's resolved recipe (``config.yaml``) atomically."""
+def config_bytes(config: dict[str, Any]) -> bytes:
+    """A run's resolved recipe as its ``config.yaml`` holds it."""
     import yaml
 
-    atomic_write_bytes(Path(run_dir) / CONFIG_FILE,
-                       yaml.safe_dump(config, sort_keys=False).encode())
+    return yaml.safe_dump(config, sort_keys=False).encode()
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write a run's resolved recipe (``config.yaml``) atomically."""
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, config_bytes(config))
 
 
 def _fsync_dir(directory: Path) -> None:

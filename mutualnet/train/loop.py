@@ -34,9 +34,9 @@ from ..nn.layers import _SlimBatchNormNd
 from ..nn.model import SlimmableModel
 from ..space import Space, channels_last, to_config
 from ..tasks import build_task, build_task_model
-from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, load_model_state, load_weights,
-                         resume_checkpoint, run_lock, save_checkpoint, save_weights,
-                         write_config)
+from .checkpoint import (CHECKPOINT, CONFIG_FILE, WEIGHTS, config_bytes, load_model_state,
+                         load_weights, resume_checkpoint, run_lock, save_checkpoint,
+                         save_weights, write_config)
 from .distributed import Distributed, resolve_device
 from .log import LOG, RunLog
 from .optim import build_optimizer, lr_at
@@ -188,12 +188,13 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, is_main: bool)
                           f"--out directory")
     if not is_main:
         return
-    strays = _strays(run_dir, config_to_dict(cfg))
+    config = config_to_dict(cfg)
+    strays = _strays(run_dir, config)
     if strays:  # the user's own files (maybe the very recipe), or another attempt's config
         raise ConfigError(f"{run_dir} holds {' and '.join(strays)} but no trained run; the new "
                           f"run would write over them: move them away or choose another --out "
                           f"directory")
-    _write_config(run_dir, config_to_dict(cfg))
+    _write_config(run_dir, config)
 
 
 def _strays(run_dir: Path, config: dict) -> list[str]:
@@ -202,12 +203,9 @@ def _strays(run_dir: Path, config: dict) -> list[str]:
     its first checkpoint is replaced)."""
     import json
 
-    import yaml
-
     strays = []
     try:
-        if (run_dir / CONFIG_FILE).read_bytes() != yaml.safe_dump(config,
-                                                                  sort_keys=False).encode():
+        if (run_dir / CONFIG_FILE).read_bytes() != config_bytes(config):
             strays.append(CONFIG_FILE)
     except FileNotFoundError:
         pass
